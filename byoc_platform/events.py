@@ -61,7 +61,9 @@ def dedup_key(environment: str, customer_id: str, idempotency_key: str) -> str:
     return f"{environment}\x1f{customer_id}\x1f{idempotency_key}"
 
 
-def split_dimensions(dimensions: dict[str, DimensionValue]) -> tuple[dict[str, str], dict[str, float]]:
+def split_dimensions(
+    dimensions: dict[str, DimensionValue],
+) -> tuple[dict[str, str], dict[str, float]]:
     """Split dimensions into labels (the dimension set) and numeric values (summed).
 
     Strings and booleans are labels (booleans as "true"/"false"); ints and floats are values.

@@ -1,0 +1,3 @@
+from byoc_platform.cli import main
+
+main()

@@ -1,0 +1,303 @@
+"""The `byoc` command line.
+
+Core commands live here; the other parts add theirs through the ``byoc.cli`` entry points
+(e.g. ``byoc stream`` from streaming/, ``byoc archive`` from assets/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from byoc_platform import logs
+from byoc_platform.plugins import cli_extensions
+from byoc_platform.settings import Settings
+
+app = typer.Typer(
+    help="byoc-platform: usage metering and enforcement runtime, in your own cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $BYOC_DATA_DIR or ./.byoc)."),
+]
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    try:
+        return Settings(data_dir=data_dir) if data_dir else Settings()
+    except Exception as exc:  # pydantic ValidationError: say which setting is wrong
+        console.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _stack_state(settings: Settings) -> dict[str, Any]:
+    try:
+        return json.loads(settings.stack_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _endpoint_table(settings: Settings, state: dict[str, Any]) -> Table:
+    table = Table(title=f"byoc stack ({settings.data_dir})")
+    table.add_column("component")
+    table.add_column("endpoint")
+    table.add_column("pid")
+    for name, info in state.get("components", {}).items():
+        table.add_row(name, info["endpoint"], str(info["pid"]))
+    return table
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Start only these components (repeatable), in stack order."),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Restart a component that dies (default); --no-restart leaves it "
+            "down for inspection while the rest keeps running."
+        ),
+    ] = True,
+) -> None:
+    """Start the whole local stack in the foreground (Ctrl-C or `byoc down` stops it)."""
+    from byoc_platform.stack.bootstrap import ensure_api_key
+    from byoc_platform.stack.supervisor import ComponentFailed, Supervisor
+
+    settings = load_settings(data_dir)
+    logs.configure("supervisor", settings.log_level)
+    state = _stack_state(settings)
+    if _alive(state.get("supervisor_pid")):
+        console.print(
+            f"[red]a stack is already running from {settings.data_dir} "
+            f"(supervisor pid {state['supervisor_pid']}).[/red] See `byoc status`; stop it "
+            "with `byoc down`."
+        )
+        raise typer.Exit(1)
+    started = time.monotonic()
+    supervisor = Supervisor(
+        settings, only, restart=restart, on_event=lambda m: console.print(f"  {m}")
+    )
+    console.print(f"starting the byoc stack in {settings.data_dir} ...")
+    try:
+        supervisor.start()
+    except ComponentFailed as exc:
+        console.print(f"[red]stack failed to start: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    key = ensure_api_key(settings)
+    console.print(_endpoint_table(settings, _stack_state(settings)))
+    console.print(
+        f"healthy in {time.monotonic() - started:.1f}s. Environment {settings.environment!r}, "
+        f"API key in {settings.stack_file} (X-API-KEY: {key[:9]}...). Ctrl-C to stop."
+    )
+    try:
+        supervisor.run_forever()
+    except ComponentFailed as exc:
+        console.print(f"[red]stack stopped: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print("stack stopped")
+
+
+@app.command()
+def down(
+    data_dir: DataDir = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 120.0,
+) -> None:
+    """Stop a running stack (every child process; data is kept)."""
+    settings = load_settings(data_dir)
+    state = _stack_state(settings)
+    pid = state.get("supervisor_pid")
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            console.print(f"[red]supervisor {pid} did not stop in {timeout:.0f}s[/red]")
+            raise typer.Exit(1)
+    # Children of a supervisor that was killed outright (PDEATHSIG should have ended them).
+    leftovers = [
+        (name, info["pid"])
+        for name, info in state.get("components", {}).items()
+        if _alive(info.get("pid"))
+    ]
+    for name, child in leftovers:
+        console.print(f"stopping leftover {name} (pid {child})")
+        try:
+            os.killpg(child, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    if not pid and not leftovers:
+        console.print("no stack is running")
+        return
+    console.print("stack stopped")
+
+
+@app.command()
+def status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each component: pid, ports, health and log file."""
+    from byoc_platform.stack.components import BY_NAME
+
+    settings = load_settings(data_dir)
+    state = _stack_state(settings)
+    if not state.get("components"):
+        console.print(f"no stack has run from {settings.data_dir}")
+        raise typer.Exit(1)
+    rows = []
+    for name, info in state["components"].items():
+        alive = _alive(info.get("pid"))
+        health = "down"
+        if alive:
+            try:
+                BY_NAME[name].probe(settings)
+                health = "healthy"
+            except Exception as exc:
+                health = f"unhealthy ({type(exc).__name__})"
+        rows.append(
+            {
+                "component": name,
+                "pid": info.get("pid") if alive else None,
+                "ports": info.get("ports"),
+                "health": health,
+                "log": info.get("log"),
+                "restarts": info.get("restarts", 0),
+            }
+        )
+    supervisor_alive = _alive(state.get("supervisor_pid"))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "supervisor_pid": state.get("supervisor_pid") if supervisor_alive else None,
+                    "components": rows,
+                },
+                indent=2,
+            )
+        )
+    else:
+        table = Table(
+            title=f"byoc stack ({settings.data_dir}), supervisor "
+            f"{'pid ' + str(state.get('supervisor_pid')) if supervisor_alive else 'down'}"
+        )
+        for col in ("component", "pid", "ports", "health", "restarts", "log"):
+            table.add_column(col)
+        for row in rows:
+            ports = ", ".join(f"{k} {v}" for k, v in (row["ports"] or {}).items())
+            color = "green" if row["health"] == "healthy" else "red"
+            table.add_row(
+                row["component"],
+                str(row["pid"] or "-"),
+                ports,
+                f"[{color}]{row['health']}[/{color}]",
+                str(row["restarts"]),
+                row["log"],
+            )
+        Console().print(table)
+    if not all(r["health"] == "healthy" for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    role: Annotated[
+        str, typer.Option(help="Which runtime components to serve: all, ingest or enforcement.")
+    ] = "all",
+    data_dir: DataDir = None,
+) -> None:
+    """Run the runtime API (REST on ports.api; SidecarService gRPC on ports.grpc)."""
+    from byoc_platform.runtime_server import serve as run
+
+    if role not in ("all", "ingest", "enforcement"):
+        console.print(f"[red]unknown role {role!r}: use all, ingest or enforcement[/red]")
+        raise typer.Exit(2)
+    settings = load_settings(data_dir)
+    logs.configure("api", settings.log_level)
+    run(settings, role)
+
+
+keys_app = typer.Typer(help="Manage API keys (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    environment: Annotated[str, typer.Option(help="The environment the key belongs to.")],
+    label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from byoc_platform.auth import KeyStore
+
+    settings = load_settings(data_dir)
+    assert settings.api_keys_file is not None
+    print(KeyStore(settings.api_keys_file).create(environment, label))
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List key ids and environments (never the keys)."""
+    from byoc_platform.auth import KeyStore
+
+    settings = load_settings(data_dir)
+    assert settings.api_keys_file is not None
+    for record in KeyStore(settings.api_keys_file).records():
+        print(f"{record.key_id}\t{record.environment}\t{record.created_at}\t{record.label}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a key by its id."""
+    from byoc_platform.auth import KeyStore
+
+    settings = load_settings(data_dir)
+    assert settings.api_keys_file is not None
+    if not KeyStore(settings.api_keys_file).revoke(key_id):
+        console.print(f"[red]no key with id {key_id}[/red]")
+        raise typer.Exit(1)
+
+
+for _extension in cli_extensions().values():
+    app.add_typer(_extension)  # unnamed: its commands join the top level
+
+
+def main() -> None:
+    app(prog_name="byoc")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

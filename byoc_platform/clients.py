@@ -1,0 +1,102 @@
+"""Clients for the platform's engines, built from the one settings object.
+
+Every part uses these so connection details live in one place: Kafka (confluent-kafka for
+throughput: ~83k msg/s produce vs ~25k for kafka-python here, platform-facts.md), ClickHouse
+through clickhouse-connect over HTTP, S3 and KMS through boto3.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client as ClickHouseClient
+
+    from byoc_platform.settings import Settings
+
+
+def kafka_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Base librdkafka config; callers add producer/consumer specifics."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap}
+    config.update(overrides)
+    return config
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    # acks=all + idempotence: an acknowledged record is durable and never duplicated by
+    # producer retries within one session (DESIGN.md §8: idempotence is per session only).
+    return kafka_config(
+        settings,
+        **{
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "message.timeout.ms": 30_000,
+            **overrides,
+        },
+    )
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    # Tansu: never rely on end offsets; first join waits ~session timeout / 2 (platform-facts).
+    return kafka_config(
+        settings,
+        **{
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            **overrides,
+        },
+    )
+
+
+def kafka_admin(settings: Settings, quiet: bool = False) -> Any:
+    """An admin client; ``quiet`` silences librdkafka's connection errors (health probes)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(kafka_config(settings, **({"log_level": 2} if quiet else {})))
+
+
+def clickhouse(settings: Settings, **kwargs: Any) -> ClickHouseClient:
+    import clickhouse_connect
+
+    assert settings.clickhouse.url is not None
+    return clickhouse_connect.get_client(
+        dsn=settings.clickhouse.url,
+        username=settings.clickhouse.username,
+        password=settings.clickhouse.password,
+        **kwargs,
+    )
+
+
+def boto3_kwargs(settings: Settings, service: str) -> dict[str, Any]:
+    endpoint = settings.kms.endpoint if service == "kms" else settings.s3.endpoint
+    region = settings.kms.region if service == "kms" else settings.s3.region
+    return {
+        "endpoint_url": endpoint,
+        "region_name": region,
+        "aws_access_key_id": settings.s3.access_key,
+        "aws_secret_access_key": settings.s3.secret_key,
+    }
+
+
+def s3(settings: Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}
+        ),
+        **boto3_kwargs(settings, "s3"),
+    )
+
+
+def kms(settings: Settings) -> Any:
+    import boto3
+
+    return boto3.client("kms", **boto3_kwargs(settings, "kms"))

@@ -1,0 +1,250 @@
+"""The runtime API process: one Starlette app (port 8080) composed of runtime components.
+
+The core serves health, readiness, metrics and the OpenAPI document, and authenticates every
+other route; components (ingestion, enforcement) bring their routes through the ``byoc.runtime``
+entry points (see plugins.py). No FastAPI: a plain ASGI stack keeps per-request cost small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as prometheus_text
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from byoc_platform.api_errors import UNAUTHENTICATED, ApiError, error_response
+from byoc_platform.auth import KeyStore
+from byoc_platform.plugins import RuntimeComponent, RuntimeContext, runtime_factories
+from byoc_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+ROLE_COMPONENTS = {"ingest": {"ingest"}, "enforcement": {"enforcement"}}
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json")
+
+
+class AuthMiddleware:
+    """Resolves X-API-KEY to an environment; 401 for anything but the public paths."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                key = value.decode("latin-1")
+                break
+        environment = self.keys.environment_of(key)
+        if environment is None:
+            await UNAUTHENTICATED.response()(scope, receive, send)
+            return
+        scope.setdefault("state", {})["environment"] = environment
+        await self.app(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Counts requests and their latency by route template and status."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "byoc_http_requests_total", "HTTP requests", ["path", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "byoc_http_request_seconds",
+            "HTTP request latency",
+            ["path"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.requests.labels(path, str(status[0])).inc()
+            self.latency.labels(path).observe(time.perf_counter() - started)
+
+
+def _base_openapi() -> dict[str, Any]:
+    ok = {"200": {"description": "OK"}}
+    return {
+        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": ok}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness of the component dependencies",
+                "security": [],
+                "responses": {**ok, "503": {"description": "Not ready"}},
+            }
+        },
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": ok}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": ok}},
+    }
+
+
+def openapi_document(components: Iterable[RuntimeComponent]) -> dict[str, Any]:
+    paths = _base_openapi()
+    for component in components:
+        paths.update(component.openapi_paths())
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "byoc-platform runtime API", "version": "1"},
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}
+        },
+        "security": [{"apiKey": []}],
+        "paths": paths,
+    }
+
+
+def load_components(context: RuntimeContext, role: str = "all") -> list[RuntimeComponent]:
+    factories = runtime_factories()
+    wanted = ROLE_COMPONENTS.get(role, set(factories))
+    unknown = wanted - set(factories)
+    if unknown:
+        raise RuntimeError(
+            f"role {role!r} needs runtime components {sorted(unknown)} that are not installed"
+        )
+    return [factories[name](context) for name in sorted(wanted)]
+
+
+def build_app(context: RuntimeContext, components: list[RuntimeComponent]) -> Starlette:
+    """The runtime ASGI app for these components."""
+    document = openapi_document(components)
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {c.name: c.ready() for c in components}
+        ready = all(ok for ok, _ in checks.values())
+        body = {
+            "status": "ready" if ready else "not ready",
+            "components": {
+                name: {"ready": ok, "reason": why} for name, (ok, why) in checks.items()
+            },
+        }
+        return _json(body, 200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(prometheus_text(context.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        return _json(document)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal error")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started: list[RuntimeComponent] = []
+        try:
+            for component in components:
+                await component.startup()
+                started.append(component)
+                log.info("component %s started", component.name)
+            yield
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.shutdown()
+                    log.info("component %s stopped", component.name)
+                except Exception:
+                    log.exception("component %s failed to stop cleanly", component.name)
+
+    routes: list[Any] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
+    ]
+    for component in components:
+        routes.extend(component.routes())
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, 500: on_error},
+    )
+    app.add_middleware(AuthMiddleware, keys=context.keys)
+    app.add_middleware(MetricsMiddleware, registry=context.registry)
+    return app
+
+
+def create_context(settings: Settings) -> RuntimeContext:
+    assert settings.api_keys_file is not None
+    return RuntimeContext(
+        settings=settings, registry=CollectorRegistry(), keys=KeyStore(settings.api_keys_file)
+    )
+
+
+def serve(settings: Settings, role: str = "all") -> None:
+    """Run the runtime API until SIGINT/SIGTERM (graceful: stop accepting, flush, exit)."""
+    import uvicorn
+
+    context = create_context(settings)
+    components = load_components(context, role)
+    app = build_app(context, components)
+    tls = {}
+    if settings.api.tls_cert_file and settings.api.tls_key_file:
+        tls = {
+            "ssl_certfile": str(settings.api.tls_cert_file),
+            "ssl_keyfile": str(settings.api.tls_key_file),
+        }
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "runtime API binds %s, not loopback: it is reachable from the network", settings.host
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.ports.api,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        backlog=2048,
+        **tls,
+    )
+    asyncio.run(uvicorn.Server(config).serve())
