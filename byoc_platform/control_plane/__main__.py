@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,30 +32,12 @@ from pydantic import ValidationError
 from byoc_platform.control_plane.app import create_app
 from byoc_platform.control_plane.seed import DEFAULT_SEED, EntityError, apply_file, load_seed
 from byoc_platform.control_plane.store import Store
+from byoc_platform.logs import configure as configure_logs
 from byoc_platform.settings import Settings
 
 log = logging.getLogger("byoc_platform.control_plane")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line; structured fields come from ``extra={"fields": {...}}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "component": "control_plane",
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update({k: v for k, v in fields.items() if k not in entry})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+COMPONENT = "control_plane"
 
 
 class _Server(uvicorn.Server):
@@ -70,14 +51,6 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -182,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        configure_logging("INFO")
+        configure_logs(COMPONENT, "INFO")
         log.error(f"invalid settings: {exc}")
         return 2
-    configure_logging(settings.log_level)
+    configure_logs(COMPONENT, settings.log_level)
     serve_parser, apply_parser = _parser(settings)
     if argv[:1] == ["apply"]:
         return apply(apply_parser.parse_args(argv[1:]))

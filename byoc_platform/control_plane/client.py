@@ -17,8 +17,14 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from byoc_platform.catalog import ENTITY_TYPES, Change, ChangePage, decode_entity
-from byoc_platform.control_plane.store import DEFAULT_PAGE, StoredEvent, UsageRecord, UsageTotal
+from byoc_platform.catalog import Change, ChangePage, decode_entity
+from byoc_platform.control_plane.store import (
+    DEFAULT_PAGE,
+    StoredEvent,
+    UsageRecord,
+    UsageTotal,
+    kind_of,
+)
 from byoc_platform.settings import Settings
 
 _T = TypeVar("_T")
@@ -76,13 +82,6 @@ def base_url_from_settings(settings: Settings) -> str:
     """``http://host:port`` of the control plane, from ``settings.control_plane.api_url``."""
     url = httpx.URL(str(settings.control_plane.api_url))
     return str(url.copy_with(path="/", query=None)).rstrip("/")
-
-
-def _kind_of(entity: msgspec.Struct) -> str:
-    for kind, cls in ENTITY_TYPES.items():
-        if type(entity) is cls:
-            return kind
-    raise TypeError(f"not a catalog entity: {type(entity).__name__}")
 
 
 def _usage_params(
@@ -181,7 +180,7 @@ class ControlPlaneClient:
             after = page.cursor
 
     def put_entity(self, env: str, entity: msgspec.Struct) -> Change:
-        path = f"{_PREFIX}/{env}/{_kind_of(entity)}/{entity.id}"  # type: ignore[attr-defined]
+        path = f"{_PREFIX}/{env}/{kind_of(entity)}/{entity.id}"  # type: ignore[attr-defined]
         response = self._request("PUT", path, content=msgspec.json.encode(entity))
         return _decode(response, _ChangeBody).change
 
@@ -279,7 +278,7 @@ class AsyncControlPlaneClient:
         return _decode(response, ChangePage)
 
     async def put_entity(self, env: str, entity: msgspec.Struct) -> Change:
-        path = f"{_PREFIX}/{env}/{_kind_of(entity)}/{entity.id}"  # type: ignore[attr-defined]
+        path = f"{_PREFIX}/{env}/{kind_of(entity)}/{entity.id}"  # type: ignore[attr-defined]
         response = await self._request("PUT", path, content=msgspec.json.encode(entity))
         return _decode(response, _ChangeBody).change
 

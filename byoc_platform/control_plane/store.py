@@ -188,7 +188,7 @@ def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _kind_of(entity: msgspec.Struct) -> str:
+def kind_of(entity: msgspec.Struct) -> str:
     for kind, cls in ENTITY_TYPES.items():
         if type(entity) is cls:
             return kind
@@ -306,7 +306,7 @@ class Store:
         return change
 
     def upsert(self, env: str, entity: msgspec.Struct) -> Change:
-        changes = self.write_catalog({env: [Upsert(_kind_of(entity), entity)]})
+        changes = self.write_catalog({env: [Upsert(kind_of(entity), entity)]})
         assert changes
         return changes[0]
 

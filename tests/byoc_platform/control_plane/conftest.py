@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cp_harness import ControlPlaneProcess
 
 from byoc_platform.control_plane.client import ControlPlaneClient
+from tests.byoc_platform.control_plane.cp_harness import ControlPlaneProcess
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from cp_harness import API_KEY, ControlPlaneProcess
 
 from byoc_platform.catalog import Entitlement, Feature, Plan, Subscription
 from byoc_platform.control_plane.client import ControlPlaneClient, ControlPlaneRequestError
+from tests.byoc_platform.control_plane.cp_harness import API_KEY, ControlPlaneProcess
 
 
 def _url(cp: ControlPlaneProcess, env: str, kind: str, id: str) -> str:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from cp_harness import API_KEY, ControlPlaneProcess
 
 from byoc_platform.control_plane.client import ControlPlaneAuthError
+from tests.byoc_platform.control_plane.cp_harness import API_KEY, ControlPlaneProcess
 
 UNAUTHENTICATED = {"error": {"code": "UNAUTHENTICATED", "message": "Invalid or missing API key"}}
 ENV = "/byoc/v1/environments/development"

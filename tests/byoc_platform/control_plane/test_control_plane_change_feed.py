@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from cp_harness import API_KEY, ControlPlaneProcess
 
 from byoc_platform.catalog import Feature
 from byoc_platform.control_plane.client import ControlPlaneClient
 from byoc_platform.control_plane.seed import SECTIONS
 from byoc_platform.control_plane.store import MAX_PAGE, Store, Upsert
+from tests.byoc_platform.control_plane.cp_harness import API_KEY, ControlPlaneProcess
 
 
 def test_snapshot_from_zero_holds_the_seed_in_dependency_order(client: ControlPlaneClient) -> None:

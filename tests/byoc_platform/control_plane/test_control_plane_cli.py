@@ -4,7 +4,7 @@ import json
 import socket
 from pathlib import Path
 
-from cp_harness import HOST, ControlPlaneProcess, run_cli
+from tests.byoc_platform.control_plane.cp_harness import HOST, ControlPlaneProcess, run_cli
 
 
 def test_port_in_use_exits_nonzero_with_a_clear_message(tmp_path: Path) -> None:

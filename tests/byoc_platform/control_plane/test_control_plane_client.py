@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from cp_harness import API_KEY, ControlPlaneProcess, free_port
 
 from byoc_platform.catalog import Feature
 from byoc_platform.control_plane.client import (
@@ -17,6 +16,7 @@ from byoc_platform.control_plane.client import (
     base_url_from_settings,
 )
 from byoc_platform.settings import Settings
+from tests.byoc_platform.control_plane.cp_harness import API_KEY, ControlPlaneProcess, free_port
 
 
 def test_base_url_comes_from_the_graphql_api_url() -> None:

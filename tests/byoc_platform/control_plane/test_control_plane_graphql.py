@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from cp_harness import API_KEY, ControlPlaneProcess
 from stigg.client import Stigg, StiggClient
 from stigg.generated.enums import UsageUpdateBehavior
 from stigg.generated.exceptions import GraphQLClientGraphQLMultiError, GraphQLClientHttpError
@@ -22,6 +21,7 @@ from stigg.generated.input_types import (
 
 from byoc_platform.catalog import Customer, Feature
 from byoc_platform.control_plane.client import ControlPlaneClient
+from tests.byoc_platform.control_plane.cp_harness import API_KEY, ControlPlaneProcess
 
 HOUR = datetime(2025, 6, 1, 10, tzinfo=UTC)
 

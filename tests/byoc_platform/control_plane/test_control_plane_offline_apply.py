@@ -3,9 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cp_harness import ControlPlaneProcess, run_cli
-
 from byoc_platform.catalog import Feature
+from tests.byoc_platform.control_plane.cp_harness import ControlPlaneProcess, run_cli
 
 CHANGES = """\
 environments:

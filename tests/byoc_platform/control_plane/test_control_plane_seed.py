@@ -4,11 +4,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cp_harness import ControlPlaneProcess
 
 from byoc_platform.catalog import Feature
 from byoc_platform.control_plane.seed import DEFAULT_SEED, EntityError, read_entities_file
 from byoc_platform.control_plane.store import Upsert
+from tests.byoc_platform.control_plane.cp_harness import ControlPlaneProcess
 
 
 def _seed_entities() -> dict[str, dict[str, Any]]:
