@@ -1,0 +1,229 @@
+"""The enforcement runtime component: local store, sync, counters, engine, gRPC and REST.
+
+Plugged into the runtime API process through the ``byoc.runtime`` entry point ``enforcement``
+(``enforcement.component:create``). On startup it:
+1. loads the stored entities and counters into memory (checks work before any sync);
+2. starts the SidecarService gRPC server on ``settings.ports.grpc`` in the same event loop
+   (one environment per port: ``settings.environment``, see grpc_service.py);
+3. starts the inbound sync loop (the first pull is awaited briefly, never required);
+4. replays the current usage periods from ClickHouse, then consumes ``usage.deduped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from grpclib.server import Server
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import BaseRoute, Route
+
+from byoc_platform.control_plane.client import AsyncControlPlaneClient
+from byoc_platform.plugins import RuntimeContext
+from enforcement.counters import UsageCounters
+from enforcement.credits import CreditService
+from enforcement.engine import EntitlementEngine
+from enforcement.grpc_service import SidecarService
+from enforcement.openapi import openapi_paths
+from enforcement.rest_credits import CreditRoutes
+from enforcement.rest_entitlements import EntitlementRoutes
+from enforcement.state import LocalState
+from enforcement.store import Store
+from enforcement.sync import InboundSync, SyncRunner
+from enforcement.usage_feed import UsageFeed
+
+log = logging.getLogger(__name__)
+
+FIRST_SYNC_WAIT_S = 3.0
+
+
+class EnforcementComponent:
+    name = "enforcement"
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self.context = context
+        self.settings = settings = context.settings
+        cfg = settings.enforcement
+        assert cfg.database_url is not None
+        self.store = Store(cfg.database_url)
+        self.state = LocalState()
+        self.counters = UsageCounters(self.store, self.state)
+        self.credits = CreditService(settings, self.state)
+        self.cp_client = AsyncControlPlaneClient.from_settings(settings, timeout=cfg.sync_timeout_s)
+        self.sync = SyncRunner(
+            self._make_sync, self._environments, settings.control_plane.sync_interval_s
+        )
+        self.engine = EntitlementEngine(
+            self.state,
+            self.counters,
+            fallbacks=dict(cfg.fallback_entitlements),
+            is_stale=self._is_stale,
+            balances=self.credits.balance,
+        )
+        self.grpc_service = SidecarService(
+            settings.environment,
+            self.engine,
+            self.counters,
+            events_sink=self._produce_events,
+            reload=self._reload,
+        )
+        self.usage_feed = UsageFeed(settings, self.counters, self.state)
+        self._grpc_server: Server | None = None
+        self._entitlement_routes = EntitlementRoutes(self)
+        self._credit_routes = CreditRoutes(self)
+        self._started = False
+        self._register_metrics()
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def _environments(self) -> set[str]:
+        envs = {self.settings.environment}
+        envs.update(r.environment for r in self.context.keys.records())
+        return envs
+
+    def _make_sync(self, environment: str) -> InboundSync:
+        cfg = self.settings.enforcement
+        return InboundSync(
+            environment,
+            self.cp_client,
+            self.store,
+            self.state,
+            page_size=cfg.sync_page_size,
+            stale_after_s=cfg.stale_after_s,
+            on_grant=self.credits.apply_grant_change,
+        )
+
+    def _is_stale(self, environment: str) -> bool:
+        sync = self.sync.syncs.get(environment)
+        return True if sync is None else sync.status.is_stale()
+
+    async def _reload(self) -> None:
+        await self.sync.sync_all()
+
+    async def _produce_events(self, environment: str, events: list) -> None:
+        await self.usage_feed.produce(environment, events)
+
+    def _register_metrics(self) -> None:
+        registry = self.context.registry
+        self.m_checks = Counter(
+            "byoc_enforcement_grpc_calls_total",
+            "SidecarService calls",
+            ["method"],
+            registry=registry,
+        )
+        self.m_latency = Histogram(
+            "byoc_enforcement_grpc_seconds",
+            "SidecarService latency",
+            ["method"],
+            registry=registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1),
+        )
+        lag = Gauge(
+            "byoc_enforcement_sync_age_seconds",
+            "Seconds since the last successful sync",
+            ["environment"],
+            registry=registry,
+        )
+        lag.labels(self.settings.environment).set_function(self._sync_age)
+        counted = Gauge(
+            "byoc_enforcement_events_counted",
+            "Usage events counted into counters",
+            registry=registry,
+        )
+        counted.set_function(lambda: self.counters.events_counted)
+
+    def _sync_age(self) -> float:
+        sync = self.sync.syncs.get(self.settings.environment)
+        if sync is None or sync.status.last_success is None:
+            return float("inf")
+        return time.time() - sync.status.last_success
+
+    # --- RuntimeComponent -------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        e, c = self._entitlement_routes, self._credit_routes
+        return [
+            Route("/api/v1/customers/{customer_id}/entitlements/check", e.check, methods=["GET"]),
+            Route("/api/v1/customers/{customer_id}/entitlements", e.list, methods=["GET"]),
+            Route("/api/v1/credits/grants", c.create_grant, methods=["POST"]),
+            Route("/api/v1/credits/grants", c.list_grants, methods=["GET"]),
+            Route("/api/v1/credits/grants/{grant_id}/void", c.void_grant, methods=["POST"]),
+            Route("/api/v1/credits/consumption", c.consume, methods=["POST"]),
+            Route("/api/v1/credits/consumption/async", c.consume_async, methods=["POST"]),
+            Route(
+                "/api/v1/credits/reservations/{reservation_id}/release",
+                c.release,
+                methods=["POST"],
+            ),
+            Route("/api/v1/credits/ledger", c.ledger, methods=["GET"]),
+        ]
+
+    def openapi_paths(self) -> dict[str, Any]:
+        return openapi_paths()
+
+    def load_local_state(self) -> None:
+        """Memory from the store: checks are answered right away, before any sync."""
+        for entity in self.store.load_entities():
+            self.state.apply(
+                entity.environment,
+                entity.kind,
+                "upsert",
+                entity.id,
+                entity.data,
+                entity.applied_at,
+            )
+        self.counters.load()
+        for environment in self._environments():
+            self.sync.get(environment)
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.load_local_state)
+        await asyncio.to_thread(self.credits.open)
+        if self.settings.enforcement.grpc_enabled:
+            self._grpc_server = Server([self.grpc_service])
+            await self._grpc_server.start(self.settings.host, self.settings.ports.grpc)
+            log.info(
+                "SidecarService listening",
+                extra={
+                    "fields": {
+                        "host": self.settings.host,
+                        "port": self.settings.ports.grpc,
+                        "environment": self.settings.environment,
+                    }
+                },
+            )
+        try:
+            await asyncio.wait_for(self.sync.sync_all(), timeout=FIRST_SYNC_WAIT_S)
+        except TimeoutError:
+            log.warning("first sync did not finish in %ss; continuing", FIRST_SYNC_WAIT_S)
+        self.sync.start()
+        await self.usage_feed.start()
+        self._started = True
+
+    async def shutdown(self) -> None:
+        self._started = False
+        await self.sync.stop()
+        await self.usage_feed.stop()
+        if self._grpc_server is not None:
+            self._grpc_server.close()
+            await self._grpc_server.wait_closed()
+            self._grpc_server = None
+        await self.cp_client.aclose()
+        await asyncio.to_thread(self.credits.close)
+        self.store.close()
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        sync = self.sync.syncs.get(self.settings.environment)
+        if sync is None or sync.status.last_success is None:
+            return False, "no successful sync yet (answers are fallback)"
+        if sync.status.is_stale():
+            return True, f"serving local state; control plane: {sync.status.last_error}"
+        return True, "ok"
+
+
+def create(context: RuntimeContext) -> EnforcementComponent:
+    return EnforcementComponent(context)

@@ -1,0 +1,389 @@
+"""The ``stigg.sidecar.v1.SidecarService`` (12 unary RPCs, h2c) on the SDK's generated base.
+
+The official SDK sends no authentication metadata (stigg-api.md section 1), so one gRPC port
+serves ONE environment, ``settings.environment``, as Stigg's own sidecar does: run one port
+per environment. Checks are answered from memory in the event loop (no I/O); usage reports
+write the store in a worker thread so the loop keeps answering checks meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import betterproto
+import betterproto.lib.google.protobuf as pb_google
+import grpclib
+from grpclib.const import Status
+from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
+
+from byoc_platform.events import UsageEvent
+from enforcement import sidecar_messages as msg
+from enforcement.counters import UsageCounters
+from enforcement.engine import BOOLEAN, ENUM, METERED, NUMERIC, EntitlementEngine
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, list[UsageEvent]], Awaitable[None]]
+Reloader = Callable[[], Awaitable[None]]
+
+_SET = pb.UsageUpdateBehavior.USAGE_UPDATE_BEHAVIOR_SET
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
+
+
+def _dimension(value: pb.EventDimensionValue) -> str | float | bool:
+    name, inner = betterproto.which_one_of(value, "value")
+    if name == "number_value":
+        return float(inner)
+    if name == "boolean_value":
+        return bool(inner)
+    return str(inner or "")
+
+
+class SidecarService(pb.SidecarServiceBase):
+    def __init__(
+        self,
+        environment: str,
+        engine: EntitlementEngine,
+        counters: UsageCounters,
+        *,
+        events_sink: EventSink | None = None,
+        reload: Reloader | None = None,
+    ) -> None:
+        self.environment = environment
+        self.engine = engine
+        self.counters = counters
+        self.events_sink = events_sink
+        self.reload = reload
+
+    # --- typed checks ---------------------------------------------------------------------
+
+    async def get_boolean_entitlement(
+        self, request: pb.GetBooleanEntitlementRequest
+    ) -> pb.GetBooleanEntitlementResponse:
+        fb = None
+        if request.options is not None and request.options.fallback is not None:
+            fb = msg.fallback_from(request.options.fallback.has_access)
+        d = self.engine.check(
+            self.environment,
+            request.customer_id,
+            request.feature_id,
+            request.resource_id,
+            kind=BOOLEAN,
+            fallback=fb,
+        )
+        return pb.GetBooleanEntitlementResponse(
+            has_access=d.has_access,
+            is_fallback=d.is_fallback,
+            access_denied_reason=msg.reason_of(d),
+            entitlement=msg.boolean(d, request.feature_id),
+        )
+
+    async def get_numeric_entitlement(
+        self, request: pb.GetNumericEntitlementRequest
+    ) -> pb.GetNumericEntitlementResponse:
+        fb = None
+        if request.options is not None and request.options.fallback is not None:
+            f = request.options.fallback
+            fb = msg.fallback_from(f.has_access, value=f.value, is_unlimited=f.is_unlimited)
+        d = self.engine.check(
+            self.environment,
+            request.customer_id,
+            request.feature_id,
+            request.resource_id,
+            kind=NUMERIC,
+            fallback=fb,
+        )
+        return pb.GetNumericEntitlementResponse(
+            has_access=d.has_access,
+            is_fallback=d.is_fallback,
+            access_denied_reason=msg.reason_of(d),
+            entitlement=msg.numeric(d, request.feature_id),
+        )
+
+    async def get_metered_entitlement(
+        self, request: pb.GetMeteredEntitlementRequest
+    ) -> pb.GetMeteredEntitlementResponse:
+        fb = None
+        requested = None
+        options = request.options
+        if options is not None:
+            requested = options.requested_usage
+            if options.fallback is not None:
+                f = options.fallback
+                fb = msg.fallback_from(
+                    f.has_access, usage_limit=f.usage_limit, is_unlimited=f.is_unlimited
+                )
+        _finite("requested_usage", requested)
+        d = self.engine.check(
+            self.environment,
+            request.customer_id,
+            request.feature_id,
+            request.resource_id,
+            requested_usage=requested,
+            kind=METERED,
+            fallback=fb,
+        )
+        return pb.GetMeteredEntitlementResponse(
+            has_access=d.has_access,
+            is_fallback=d.is_fallback,
+            access_denied_reason=msg.reason_of(d),
+            requested_usage=d.requested_usage if d.requested_usage is not None else 0.0,
+            entitlement=msg.metered(d, request.feature_id),
+        )
+
+    async def get_enum_entitlement(
+        self, request: pb.GetEnumEntitlementRequest
+    ) -> pb.GetEnumEntitlementResponse:
+        fb = None
+        values: tuple[str, ...] = ()
+        if request.options is not None:
+            values = tuple(request.options.requested_values)
+            if request.options.fallback is not None:
+                f = request.options.fallback
+                fb = msg.fallback_from(f.has_access, enum_values=list(f.enum_values))
+        d = self.engine.check(
+            self.environment,
+            request.customer_id,
+            request.feature_id,
+            request.resource_id,
+            requested_values=values,
+            kind=ENUM,
+            fallback=fb,
+        )
+        return pb.GetEnumEntitlementResponse(
+            has_access=d.has_access,
+            is_fallback=d.is_fallback,
+            access_denied_reason=msg.reason_of(d),
+            requested_values=list(values),
+            entitlement=msg.enum(d, request.feature_id),
+        )
+
+    # --- generic checks ---------------------------------------------------------------------
+
+    def _generic(
+        self,
+        customer_id: str,
+        feature_id: str,
+        resource_id: str | None,
+        options: pb.GetEntitlementOptions | None,
+    ):  # type: ignore[no-untyped-def]
+        fb = None
+        requested = None
+        values: tuple[str, ...] = ()
+        if options is not None:
+            requested = options.requested_usage
+            values = tuple(options.requested_values)
+            if options.fallback is not None:
+                f = options.fallback
+                fb = msg.fallback_from(
+                    f.has_access,
+                    value=f.value,
+                    is_unlimited=f.is_unlimited,
+                    usage_limit=f.usage_limit,
+                    enum_values=list(f.enum_values),
+                )
+        _finite("requested_usage", requested)
+        return self.engine.check(
+            self.environment,
+            customer_id,
+            feature_id,
+            resource_id,
+            requested_usage=requested,
+            requested_values=values,
+            fallback=fb,
+        )
+
+    async def get_entitlement(self, request: pb.GetEntitlementRequest) -> pb.GetEntitlementResponse:
+        d = self._generic(
+            request.customer_id, request.feature_id, request.resource_id, request.options
+        )
+        return pb.GetEntitlementResponse(
+            has_access=d.has_access,
+            is_fallback=d.is_fallback,
+            access_denied_reason=msg.reason_of(d),
+            **msg.oneof_fields(d, request.feature_id),
+        )
+
+    async def get_entitlement_v2(
+        self, request: pb.GetEntitlementV2Request
+    ) -> pb.GetEntitlementV2Response:
+        if bool(request.feature_id) == bool(request.currency_id):
+            raise grpclib.GRPCError(
+                Status.INVALID_ARGUMENT, "exactly one of feature_id and currency_id is required"
+            )
+        if request.currency_id:
+            requested = 0.0
+            if request.options is not None and request.options.requested_usage is not None:
+                requested = request.options.requested_usage
+            _finite("requested_usage", requested)
+            c = self.engine.check_credit(
+                self.environment,
+                request.customer_id,
+                request.currency_id,
+                request.resource_id,
+                requested=requested,
+            )
+            return pb.GetEntitlementV2Response(entitlement=msg.credit_v2(c, request.currency_id))
+        assert request.feature_id is not None
+        d = self._generic(
+            request.customer_id, request.feature_id, request.resource_id, request.options
+        )
+        return pb.GetEntitlementV2Response(entitlement=msg.entitlement_v2(d, request.feature_id))
+
+    async def get_entitlements(
+        self, request: pb.GetEntitlementsRequest
+    ) -> pb.GetEntitlementsResponse:
+        reason, decisions = self.engine.entitlements(
+            self.environment, request.customer_id, request.resource_id
+        )
+        return pb.GetEntitlementsResponse(
+            entitlements=[
+                pb.Entitlement(**msg.oneof_fields(d, d.feature.id if d.feature else ""))
+                for d in decisions
+            ],
+            access_denied_reason=msg.REASONS[reason] if reason else None,
+        )
+
+    async def get_entitlements_state_v2(
+        self, request: pb.GetEntitlementsStateV2Request
+    ) -> pb.GetEntitlementsStateV2Response:
+        reason, decisions = self.engine.entitlements(
+            self.environment, request.customer_id, request.resource_id
+        )
+        items = [msg.entitlement_v2(d, d.feature.id if d.feature else "") for d in decisions]
+        if reason is None:
+            for currency_id in self.engine.wallet_currencies(self.environment, request.customer_id):
+                c = self.engine.check_credit(
+                    self.environment, request.customer_id, currency_id, request.resource_id
+                )
+                items.append(msg.credit_v2(c, currency_id))
+        return pb.GetEntitlementsStateV2Response(
+            entitlements=items,
+            access_denied_reason=msg.REASONS[reason] if reason else None,
+        )
+
+    # --- usage --------------------------------------------------------------------------------
+
+    async def report_usage(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:
+        return await self._report(request)
+
+    async def report_usage_bulk(
+        self, request: pb.ReportUsageBulkRequest
+    ) -> pb.ReportUsageBulkResponse:
+        if len(request.usages) > 1000:
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at most 1000 usages per call")
+        for usage in request.usages:  # validate all before applying any
+            self._validate_usage(usage)
+        return pb.ReportUsageBulkResponse(
+            usages=[await self._report(usage) for usage in request.usages]
+        )
+
+    def _validate_usage(self, request: pb.ReportUsageRequest):  # type: ignore[no-untyped-def]
+        if not request.customer_id or not request.feature_id:
+            raise grpclib.GRPCError(
+                Status.INVALID_ARGUMENT, "customer_id and feature_id are required"
+            )
+        _finite("value", request.value)
+        env = self.engine.state.env(self.environment)
+        feature = env.features.get(request.feature_id)
+        if feature is None:
+            raise grpclib.GRPCError(Status.NOT_FOUND, f"feature {request.feature_id!r} not found")
+        if feature.meterType == "None":
+            raise grpclib.GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"feature {request.feature_id!r} is not metered; usage cannot be reported",
+            )
+        if request.customer_id not in env.customers:
+            raise grpclib.GRPCError(Status.NOT_FOUND, f"customer {request.customer_id!r} not found")
+        return feature
+
+    async def _report(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:
+        feature = self._validate_usage(request)
+        behavior = "SET" if request.update_behavior == _SET else "DELTA"
+        at = _epoch(request.timestamp) if request.timestamp is not None else None
+        result = await asyncio.to_thread(
+            self.counters.report,
+            self.environment,
+            request.customer_id,
+            request.resource_id,
+            feature,
+            request.value,
+            behavior,
+            at,
+        )
+        response = pb.ReportUsageResponse(
+            measurement_id=str(uuid.uuid4()),
+            customer_id=request.customer_id,
+            resource_id=request.resource_id,
+            feature_id=request.feature_id,
+            current_usage=result.current_usage,
+        )
+        if result.window_end:
+            response.usage_period_start = msg._time(result.window_start)
+            response.usage_period_end = msg._time(result.window_end)
+        return response
+
+    async def report_events(self, request: pb.ReportEventsRequest) -> pb_google.Empty:
+        if self.events_sink is None:
+            raise grpclib.GRPCError(Status.UNAVAILABLE, "event reporting is not configured")
+        if len(request.events) > 1000:
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at most 1000 events per call")
+        now_ms = int(time.time() * 1000)
+        events: list[UsageEvent] = []
+        for i, ev in enumerate(request.events):
+            if not ev.customer_id or not ev.event_name or not ev.idempotency_key:
+                raise grpclib.GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"events[{i}]: customer_id, event_name and idempotency_key are required",
+                )
+            dims = {name: _dimension(value) for name, value in ev.dimensions.items()}
+            for name, value in dims.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise grpclib.GRPCError(
+                        Status.INVALID_ARGUMENT, f"events[{i}].dimensions.{name} is not finite"
+                    )
+            ts = _epoch(ev.timestamp)
+            events.append(
+                UsageEvent(
+                    customerId=ev.customer_id,
+                    eventName=ev.event_name,
+                    idempotencyKey=ev.idempotency_key,
+                    timestamp=int(ts * 1000) if ts is not None else now_ms,
+                    resourceId=ev.resource_id or None,
+                    dimensions=dims,
+                )
+            )
+        try:
+            await self.events_sink(self.environment, events)
+        except Exception as exc:
+            log.warning("ReportEvents could not make the events durable: %r", exc)
+            raise grpclib.GRPCError(Status.UNAVAILABLE, "event log unavailable, retry") from exc
+        return pb_google.Empty()
+
+    async def reload_entitlements(
+        self, request: pb.ReloadEntitlementsRequest
+    ) -> pb.ReloadEntitlementsResponse:
+        if self.reload is not None:
+            try:
+                await self.reload()
+            except Exception as exc:  # the answer comes from local state either way
+                log.info("reload: sync failed, answering from local state: %r", exc)
+        env = self.engine.state.env(self.environment)
+        exists = request.customer_id in env.customers
+        if exists and request.resource_id:
+            exists = request.resource_id in env.customer_resources(request.customer_id)
+        return pb.ReloadEntitlementsResponse(entitled_entity_exists=exists)
+
+
+def _finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"{name} must be a finite number")

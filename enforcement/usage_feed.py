@@ -1,0 +1,265 @@
+"""Usage into the counters: ``usage.deduped`` (live), the warehouse (on start), and ReportEvents.
+
+- Live: a consumer-group worker thread reads ``usage.deduped`` (EventBatch records, events.py),
+  counts each batch through ``UsageCounters.apply_events`` (idempotent per event) and commits
+  the Kafka offsets only after the store committed the counts: a crash re-reads, never skips.
+- On start: the current usage windows are replayed from ClickHouse ``usage_events`` (FINAL)
+  through the same idempotent path before the consumer starts, so counters lost with a local
+  store (a new node, a wiped volume) come back from the warehouse. With a store that already
+  holds counts, the replay counts only what the store missed; never-resetting (lifetime)
+  counters are replayed only into an empty store, because their event identities are not kept
+  forever (see counters.py).
+- ReportEvents (gRPC) produces raw events to ``usage.events`` like the REST ingestion does:
+  one record per (environment, customer), acks=all, before the RPC answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+
+from byoc_platform import clients
+from byoc_platform.events import (
+    SCHEMA_VERSION,
+    EventBatch,
+    UsageEvent,
+    decode_batch,
+    encode_batch,
+    record_key,
+)
+from byoc_platform.settings import Settings
+from enforcement.counters import UsageCounters
+from enforcement.state import NO_RESOURCE, LocalState
+
+log = logging.getLogger(__name__)
+
+REPLAY_BLOCK = 5000
+PRODUCE_ATTEMPTS = 3
+
+
+class UsageFeed:
+    def __init__(self, settings: Settings, counters: UsageCounters, state: LocalState) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.state = state
+        self._producer: Any = None
+        self._producer_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.replayed_events = 0
+        self.replay_error: str | None = None
+        self.consumer_error: str | None = None
+        self.replay_done = threading.Event()
+
+    # --- live consumer ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.settings.enforcement.consume_usage:
+            self.replay_done.set()
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="enforcement-usage", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 15)
+            self._thread = None
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, 10)
+            self._producer = None
+
+    def _run(self) -> None:
+        if self.settings.enforcement.rebuild_from_warehouse:
+            try:
+                self.replay_from_warehouse()
+            except Exception as exc:  # the warehouse may be down: count live events anyway
+                self.replay_error = repr(exc)
+                log.warning("replay from the warehouse failed: %r", exc)
+        self.replay_done.set()
+        while not self._stop.is_set():
+            try:
+                self._consume()
+            except Exception as exc:
+                self.consumer_error = repr(exc)
+                log.exception("usage.deduped consumer failed; restarting in 2 s")
+                self._stop.wait(2.0)
+
+    def _consume(self) -> None:
+        from confluent_kafka import Consumer, KafkaError
+
+        cfg = self.settings.enforcement
+        consumer = Consumer(clients.consumer_config(self.settings, cfg.consumer_group))
+        consumer.subscribe([self.settings.kafka.deduped_topic])
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(num_messages=2000, timeout=0.2)
+                if not messages:
+                    continue
+                by_env: dict[str, list[UsageEvent]] = defaultdict(list)
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("usage.deduped: %s", error)
+                        continue
+                    try:
+                        batch = decode_batch(message.value())
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        log.error("usage.deduped: undecodable record skipped: %s", exc)
+                        continue
+                    by_env[batch.environment].extend(batch.events)
+                for environment, events in by_env.items():
+                    self.counters.apply_events(environment, events)
+                consumer.commit(asynchronous=False)
+                self.consumer_error = None
+        finally:
+            consumer.close()
+
+    # --- replay from the warehouse ------------------------------------------------------------
+
+    def _replay_plan(self, environment: str, now: float) -> tuple[float | None, list[str]]:
+        """(since, event names) to replay for one environment, or (None, []) for nothing."""
+        env = self.state.env(environment)
+        names = sorted(env.features_by_event)
+        if not names:
+            return None, []
+        cold = self.counters.store.is_cold(environment)
+        since: float | None = None
+        for customer_id in list(env.customers):
+            scopes = {NO_RESOURCE} | env.customer_resources(customer_id)
+            for scope in scopes:
+                view = env.view(customer_id, scope, now)
+                for ent in view.entitlements.values():
+                    if ent.feature.meter is None:
+                        continue
+                    if ent.reset_period is None:
+                        start = 0.0 if cold else None
+                    else:
+                        start = float(ent.current_window(now)[0])
+                    if start is not None:
+                        since = start if since is None else min(since, start)
+        from enforcement.periods import CALENDAR, window
+
+        for budget in env.budgets.values():
+            if budget.featureId is not None:
+                start = float(window(budget.period, CALENDAR, now)[0])
+                since = start if since is None else min(since, start)
+        return since, names
+
+    def replay_from_warehouse(self) -> int:
+        """Count the current windows' events from ClickHouse; returns how many counted."""
+        now = time.time()
+        store = self.counters.store
+        plans = {
+            e: (*self._replay_plan(e, now), not store.is_cold(e)) for e in list(self.state.envs)
+        }
+        plans = {e: p for e, p in plans.items() if p[0] is not None}
+        if not plans:
+            return 0
+        client = clients.clickhouse(self.settings)
+        db = self.settings.clickhouse.database
+        counted = 0
+        try:
+            for environment, (since, names, warm) in plans.items():
+                assert since is not None
+                query = (
+                    "SELECT customer_id, resource_id, event_name, idempotency_key, "
+                    "toUnixTimestamp64Milli(event_time) AS ts, `values` "
+                    f"FROM {db}.usage_events FINAL "
+                    "WHERE environment = {env:String} "
+                    "AND event_time >= fromUnixTimestamp64Milli({since:Int64}) "
+                    "AND event_name IN {names:Array(String)}"
+                )
+                params = {"env": environment, "since": int(since * 1000), "names": names}
+                with client.query_row_block_stream(query, parameters=params) as stream:
+                    for block in stream:
+                        events = [
+                            UsageEvent(
+                                customerId=row[0],
+                                eventName=row[2],
+                                idempotencyKey=row[3],
+                                timestamp=int(row[4]),
+                                resourceId=row[1] or None,
+                                dimensions=dict(row[5]),
+                            )
+                            for row in block
+                        ]
+                        counted += self.counters.apply_events(
+                            environment, events, replay=True, skip_lifetime=warm, now=now
+                        )
+        finally:
+            client.close()
+        self.replayed_events += counted
+        log.info("replayed usage from the warehouse", extra={"fields": {"counted": counted}})
+        return counted
+
+    # --- ReportEvents -------------------------------------------------------------------------
+
+    def _get_producer(self) -> Any:
+        with self._producer_lock:
+            if self._producer is None:
+                from confluent_kafka import Producer
+
+                self._producer = Producer(clients.producer_config(self.settings))
+            return self._producer
+
+    def _produce_sync(self, environment: str, events: list[UsageEvent]) -> None:
+        by_customer: dict[str, list[UsageEvent]] = defaultdict(list)
+        for event in events:
+            by_customer[event.customerId].append(event)
+        producer = self._get_producer()
+        received = int(time.time() * 1000)
+        pending = list(by_customer.items())
+        for attempt in range(PRODUCE_ATTEMPTS):
+            failures: list[tuple[str, list[UsageEvent]]] = []
+            errors: list[str] = []
+            for customer_id, batch_events in pending:
+                record = encode_batch(
+                    EventBatch(
+                        v=SCHEMA_VERSION,
+                        environment=environment,
+                        receivedAt=received,
+                        events=batch_events,
+                    )
+                )
+
+                def report(
+                    err: Any,
+                    _msg: Any,
+                    item: tuple[str, list[UsageEvent]] = (customer_id, batch_events),
+                    failures: list[tuple[str, list[UsageEvent]]] = failures,
+                    errors: list[str] = errors,
+                ) -> None:
+                    if err is not None:
+                        failures.append(item)
+                        errors.append(str(err))
+
+                producer.produce(
+                    self.settings.kafka.events_topic,
+                    value=record,
+                    key=record_key(environment, customer_id),
+                    timestamp=received,
+                    on_delivery=report,
+                )
+            remaining = producer.flush(self.settings.api.produce_timeout_s)
+            if remaining:
+                raise RuntimeError(f"{remaining} records not acknowledged in time")
+            if not failures:
+                return
+            # Tansu answers UNKNOWN_SERVER_ERROR during a storage hiccup: retry in the app.
+            log.warning("produce attempt %d failed: %s", attempt + 1, errors[:3])
+            pending = failures
+            time.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"events not durable after {PRODUCE_ATTEMPTS} attempts: {errors[:3]}")
+
+    async def produce(self, environment: str, events: list[UsageEvent]) -> None:
+        if events:
+            await asyncio.to_thread(self._produce_sync, environment, events)
