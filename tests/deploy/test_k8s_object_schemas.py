@@ -8,8 +8,9 @@ import copy
 import jsonschema
 import kubernetes_validate
 import pytest
-from deploy_crd_schemas import CRD_SCHEMAS
-from deploy_manifests import OVERLAYS, render
+
+from tests.deploy.deploy_crd_schemas import CRD_SCHEMAS
+from tests.deploy.deploy_manifests import OVERLAYS, render
 
 K8S_VERSION = "1.32"
 
