@@ -233,13 +233,6 @@ class Store:
                 raise
             self._conn.execute("COMMIT")
 
-    # ---- meta ------------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else row[0]
-
     # ---- catalog and change feed -----------------------------------------------------------
 
     def write_catalog(
