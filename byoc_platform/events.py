@@ -88,3 +88,45 @@ def labels_key(labels: dict[str, str]) -> str:
 
 def is_finite_number(value: float) -> bool:
     return math.isfinite(value)
+
+
+# --- Aggregated usage (topic ``usage.reports``) -------------------------------------------
+#
+# REST ``/api/v2/usage`` and GraphQL ``ReportUsage``/``ReportUsageBulk`` carry aggregated usage
+# (a value per customer and feature, DELTA or SET), not raw events. They are logged durably
+# before the answer, in their own topic so consumers of ``usage.events`` see one record type.
+# Same key and timestamp rules as EventBatch; one record per (environment, customer) per request.
+
+
+class UsageReport(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One aggregated usage report (camelCase fields as on the wire)."""
+
+    id: str  # measurement id answered to the caller (stable for a given idempotency key)
+    customerId: str
+    featureId: str
+    value: float  # rounded half away from zero to 5 decimal places, as Stigg does
+    updateBehavior: str  # "DELTA" | "SET"
+    createdAt: int  # epoch milliseconds UTC (the caller's createdAt, else receive time)
+    idempotencyKey: str | None = None
+    resourceId: str | None = None
+    dimensions: dict[str, DimensionValue] = {}
+
+
+class UsageReportBatch(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The value of one ``usage.reports`` record: reports of one environment and customer."""
+
+    v: int
+    environment: str
+    receivedAt: int
+    usages: list[UsageReport]
+
+
+_report_decoder = msgspec.json.Decoder(UsageReportBatch)
+
+
+def encode_report_batch(batch: UsageReportBatch) -> bytes:
+    return _batch_encoder.encode(batch)
+
+
+def decode_report_batch(data: bytes) -> UsageReportBatch:
+    return _report_decoder.decode(data)

@@ -12,8 +12,8 @@ through Python entry points declared in pyproject.toml:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -22,7 +22,45 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from byoc_platform.auth import KeyStore
+    from byoc_platform.events import UsageReport
     from byoc_platform.settings import Settings
+
+
+@dataclass(frozen=True)
+class UsageOutcome:
+    """What the owner of the usage counters answers for one aggregated usage report."""
+
+    current_usage: float | None = None
+    usage_period_start: int | None = None  # epoch milliseconds UTC
+    usage_period_end: int | None = None
+    next_reset_date: int | None = None
+
+
+@runtime_checkable
+class UsageApplier(Protocol):
+    """Applies aggregated usage (REST /api/v2/usage, GraphQL ReportUsage) to usage counters.
+
+    Registered in ``RuntimeContext.hooks.usage`` by the component that owns the counters
+    (enforcement). Ingestion calls :meth:`validate_usage` before anything is written, logs the
+    reports durably to Kafka, then calls :meth:`apply_usage` and answers with its outcomes.
+    """
+
+    def validate_usage(self, environment: str, reports: Sequence[UsageReport]) -> None:
+        """Raise ``byoc_platform.api_errors.ApiError`` (e.g. 404 unknown feature) to refuse."""
+        ...
+
+    async def apply_usage(
+        self, environment: str, reports: Sequence[UsageReport]
+    ) -> list[UsageOutcome]:
+        """Apply the (already durable) reports; one outcome per report, in order."""
+        ...
+
+
+@dataclass
+class RuntimeHooks:
+    """Optional services one component offers the others in the same process."""
+
+    usage: UsageApplier | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +70,7 @@ class RuntimeContext:
     settings: Settings
     registry: CollectorRegistry  # register Prometheus metrics here (served on /metrics)
     keys: KeyStore  # API keys -> environment (auth is done by the runtime already)
+    hooks: RuntimeHooks = field(default_factory=RuntimeHooks)
 
 
 @runtime_checkable

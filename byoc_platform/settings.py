@@ -49,6 +49,8 @@ class KafkaSettings(BaseModel):
     bootstrap: str | None = None  # default: host:ports.kafka
     events_topic: str = "usage.events"
     deduped_topic: str = "usage.deduped"
+    # Aggregated usage (REST /api/v2/usage, GraphQL ReportUsage[Bulk]): UsageReportBatch records.
+    reports_topic: str = "usage.reports"
     partitions: int = Field(default=4, ge=1)
     # Tansu storage: "s3" (durable, default) or "memory" (fast unit tests only).
     storage: Literal["s3", "memory"] = "s3"
@@ -81,6 +83,8 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0
     produce_timeout_s: float = 10.0
+    # Bytes of accepted-but-unacknowledged records; past it requests get 429 + retry-after.
+    producer_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 

@@ -74,7 +74,7 @@ def ensure_topics(s: Settings, timeout_s: float = 30.0) -> None:
     from byoc_platform.clients import kafka_admin
 
     admin = kafka_admin(s)
-    wanted = [s.kafka.events_topic, s.kafka.deduped_topic]
+    wanted = [s.kafka.events_topic, s.kafka.deduped_topic, s.kafka.reports_topic]
     deadline = time.monotonic() + timeout_s
     while True:
         existing = set(admin.list_topics(timeout=5).topics)
