@@ -12,6 +12,7 @@ Plugged into the runtime API process through the ``byoc.runtime`` entry point ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -37,6 +38,7 @@ from enforcement.usage_feed import UsageFeed
 log = logging.getLogger(__name__)
 
 FIRST_SYNC_WAIT_S = 3.0
+MAINTENANCE_INTERVAL_S = 5.0
 
 
 class EnforcementComponent:
@@ -50,7 +52,7 @@ class EnforcementComponent:
         self.store = Store(cfg.database_url)
         self.state = LocalState()
         self.counters = UsageCounters(self.store, self.state)
-        self.credits = CreditService(settings, self.state)
+        self.credits = CreditService(settings, self.counters)
         self.cp_client = AsyncControlPlaneClient.from_settings(settings, timeout=cfg.sync_timeout_s)
         self.sync = SyncRunner(
             self._make_sync, self._environments, settings.control_plane.sync_interval_s
@@ -72,8 +74,9 @@ class EnforcementComponent:
         self.usage_feed = UsageFeed(settings, self.counters, self.state)
         self._grpc_server: Server | None = None
         self._entitlement_routes = EntitlementRoutes(self)
-        self._credit_routes = CreditRoutes(self)
+        self.credit_routes = CreditRoutes(self)
         self._started = False
+        self._maintenance: asyncio.Task[None] | None = None
         self._register_metrics()
 
     # --- wiring -----------------------------------------------------------------------------
@@ -134,6 +137,19 @@ class EnforcementComponent:
         )
         counted.set_function(lambda: self.counters.events_counted)
 
+    async def _maintain(self) -> None:
+        """Expire due grants/reservations, refresh cached balances, prune old counters."""
+        rounds = 0
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            rounds += 1
+            try:
+                await asyncio.to_thread(self.credits.maintain)
+                if rounds % 60 == 0:
+                    await asyncio.to_thread(self.counters.prune)
+            except Exception:
+                log.exception("credit maintenance failed")
+
     def _sync_age(self) -> float:
         sync = self.sync.syncs.get(self.settings.environment)
         if sync is None or sync.status.last_success is None:
@@ -143,7 +159,7 @@ class EnforcementComponent:
     # --- RuntimeComponent -------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
-        e, c = self._entitlement_routes, self._credit_routes
+        e, c = self._entitlement_routes, self.credit_routes
         return [
             Route("/api/v1/customers/{customer_id}/entitlements/check", e.check, methods=["GET"]),
             Route("/api/v1/customers/{customer_id}/entitlements", e.list, methods=["GET"]),
@@ -157,7 +173,7 @@ class EnforcementComponent:
                 c.release,
                 methods=["POST"],
             ),
-            Route("/api/v1/credits/ledger", c.ledger, methods=["GET"]),
+            Route("/api/v1/credits/ledger", c.ledger_listing, methods=["GET"]),
         ]
 
     def openapi_paths(self) -> dict[str, Any]:
@@ -199,11 +215,18 @@ class EnforcementComponent:
         except TimeoutError:
             log.warning("first sync did not finish in %ss; continuing", FIRST_SYNC_WAIT_S)
         self.sync.start()
+        self._maintenance = asyncio.get_running_loop().create_task(
+            self._maintain(), name="enforcement-credits"
+        )
         await self.usage_feed.start()
         self._started = True
 
     async def shutdown(self) -> None:
         self._started = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         await self.sync.stop()
         await self.usage_feed.stop()
         if self._grpc_server is not None:
@@ -211,6 +234,7 @@ class EnforcementComponent:
             await self._grpc_server.wait_closed()
             self._grpc_server = None
         await self.cp_client.aclose()
+        self.credit_routes.close()
         await asyncio.to_thread(self.credits.close)
         self.store.close()
 

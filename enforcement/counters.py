@@ -233,6 +233,37 @@ class UsageCounters:
             end, _ = deltas[key]
             return Reported(self.values.get(key, 0.0), key.window_start, end, at)
 
+    def spend(
+        self,
+        environment: str,
+        customer_id: str,
+        resource_id: str | None,
+        currency_id: str,
+        amount: float,
+        at: float | None = None,
+    ) -> None:
+        """Credits consumed count toward the customer's currency budgets (governance)."""
+        now = time.time()
+        at = now if at is None else at
+        resource_key = resource_id or NO_RESOURCE
+        env = self.state.env(environment)
+        budget_deltas: dict[BudgetKey, tuple[int, float]] = {}
+        for budget in env.budgets_by_customer.get(customer_id, ()):
+            if budget.currencyId != currency_id:
+                continue
+            if budget.resourceId is not None and budget.resourceId != resource_key:
+                continue
+            start, end = window(budget.period, CALENDAR, at)
+            key = BudgetKey(environment, budget.id, start)
+            _, previous = budget_deltas.get(key, (end, 0.0))
+            budget_deltas[key] = (end, previous + amount)
+        if not budget_deltas:
+            return
+        with self.store.write_lock:
+            with self.store.transaction() as conn:
+                self.store.add_counters(conn, {}, budget_deltas, now)
+            self._apply_memory({}, budget_deltas)
+
     def _apply_memory(
         self,
         deltas: dict[CounterKey, tuple[int, float]],

@@ -1,37 +1,165 @@
-"""Credits: the enforcement side of the ledger (enforcement/ledger/). TEMPORARY until it lands."""
+"""Credits on the enforcement side: the ledger (enforcement/ledger/) plus what checks need.
+
+- The ledger is the authority: every consumption, reservation, release, grant and void runs
+  through it (atomic, zero overdraft). Its calls block, so callers run them in threads.
+- Checks must not do I/O, so this keeps a cache of every wallet's balance in memory: warmed
+  from the ledger's wallets on start, refreshed after each write made through this process
+  and every few seconds for all wallets (writes by other processes, expiries by the clock).
+  A check may thus see a balance a few seconds old when ANOTHER process spent from the
+  wallet; a reservation or consumption never relies on the cache (the ledger decides).
+- Grants published by the control plane arrive through the sync and are applied to the ledger
+  idempotently by grant id (a delete voids the grant).
+- The REST grant route stores what the ledger does not model (cost, metadata, comment) in the
+  enforcement store, so grant listings return them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import threading
 
-from byoc_platform.api_errors import ApiError
-from byoc_platform.catalog import Change
+from sqlalchemy import select
+
+from byoc_platform.catalog import Change, Grant, decode_entity
 from byoc_platform.settings import Settings
+from enforcement.counters import UsageCounters
 from enforcement.engine import WalletBalance
-from enforcement.state import LocalState
+from enforcement.ledger import Balance, Ledger, LedgerError, NotFound
+from enforcement.ledger import schema as ledger_schema
+
+log = logging.getLogger(__name__)
+
+WalletKey = tuple[str, str, str, str]  # environment, customer, currency, resource ("" = none)
+
+
+def to_wallet(b: Balance) -> WalletBalance:
+    return WalletBalance(
+        usage_limit=float(b.usage_limit),
+        current_usage=float(b.current_usage),
+        reserved=float(b.reserved),
+        available=float(b.available),
+        any_grant=b.granted > 0 or b.pending_payment > 0 or b.scheduled > 0,
+        revoked=(
+            b.voided > 0 and b.usage_limit == 0 and b.scheduled == 0 and b.pending_payment == 0
+        ),
+        updated_at=b.as_of.timestamp(),
+    )
 
 
 class CreditService:
-    def __init__(self, settings: Settings, state: LocalState) -> None:
+    def __init__(self, settings: Settings, counters: UsageCounters) -> None:
         self.settings = settings
-        self.state = state
+        self.counters = counters
+        self._ledger: Ledger | None = None
+        self._balances: dict[WalletKey, WalletBalance] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("the credit ledger is not open")
+        return self._ledger
 
     def open(self) -> None:
-        pass
+        self._ledger = Ledger.from_settings(self.settings)
+        self._ledger.create_schema()
+        self.refresh_all(discover=True)
 
     def close(self) -> None:
-        pass
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+
+    # --- the balance cache (read by checks) ---------------------------------------------
 
     def balance(
         self, environment: str, customer_id: str, resource_id: str | None, currency_id: str
     ) -> WalletBalance | None:
-        return None
+        return self._balances.get((environment, customer_id, currency_id, resource_id or ""))
+
+    def refresh(
+        self, environment: str, customer_id: str, currency_id: str, resource_id: str | None
+    ) -> WalletBalance:
+        """Read one wallet's balance from the ledger into the cache (blocking)."""
+        b = self.ledger.balance(environment, customer_id, currency_id, resource_id)
+        wallet = to_wallet(b)
+        key = (environment, customer_id, currency_id, resource_id or "")
+        with self._lock:
+            current = self._balances.get(key)
+            if current is None or current.updated_at <= wallet.updated_at:
+                self._balances[key] = wallet
+        return wallet
+
+    def refresh_all(self, *, discover: bool = False) -> int:
+        """Refresh every cached wallet (and, with ``discover``, every wallet the ledger has)."""
+        keys = set(self._balances)
+        if discover:
+            wallets = ledger_schema.wallets
+            with self.ledger.engine.connect() as conn:
+                rows = conn.execute(
+                    select(
+                        wallets.c.environment,
+                        wallets.c.customer_id,
+                        wallets.c.currency_id,
+                        wallets.c.resource_id,
+                    )
+                ).all()
+            keys.update((r[0], r[1], r[2], r[3] or "") for r in rows)
+        for env, customer, currency, resource in keys:
+            try:
+                self.refresh(env, customer, currency, resource or None)
+            except LedgerError as exc:
+                log.warning("balance of %s/%s/%s unreadable: %s", env, customer, currency, exc)
+        return len(keys)
+
+    def maintain(self) -> None:
+        """Expire due grants and reservations, then refresh every wallet (blocking)."""
+        self.ledger.expire_due()
+        self.refresh_all(discover=True)
+
+    def currencies_of(
+        self, environment: str, customer_id: str, resource_id: str | None = None
+    ) -> list[str]:
+        resource = resource_id or ""
+        return sorted(
+            {
+                currency
+                for (env, customer, currency, res), b in list(self._balances.items())
+                if env == environment
+                and customer == customer_id
+                and res == resource
+                and b.any_grant
+            }
+        )
+
+    # --- grants from the control plane (sync thread) --------------------------------------
 
     def apply_grant_change(self, environment: str, change: Change) -> None:
-        pass
+        try:
+            if change.op == "delete":
+                try:
+                    view = self.ledger.void_grant(environment, change.id)
+                except NotFound:
+                    return
+            else:
+                grant = decode_entity("grant", change.data)
+                assert isinstance(grant, Grant)
+                view = self.ledger.grant(environment, grant)
+        except LedgerError as exc:
+            # A grant the ledger refuses (e.g. edited amount) must not stall the feed.
+            log.error("grant %s from the control plane refused by the ledger: %s", change.id, exc)
+            return
+        self.refresh(environment, view.customer_id, view.currency_id, view.resource_id)
 
-    def currencies_of(self, environment: str, customer_id: str) -> list[str]:
-        return []
+    # --- budget spend ---------------------------------------------------------------------
 
-    async def check_and_reserve(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        raise ApiError(503, "credit ledger not available yet")
+    def count_spend(
+        self,
+        environment: str,
+        customer_id: str,
+        resource_id: str | None,
+        currency_id: str,
+        amount: float,
+    ) -> None:
+        if amount > 0:
+            self.counters.spend(environment, customer_id, resource_id, currency_id, amount)

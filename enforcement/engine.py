@@ -55,19 +55,20 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class WalletBalance:
-    """One customer's credits in one currency, as the ledger reports them."""
+    """One wallet (customer, currency, resource) as the ledger reported it last.
 
-    granted: float  # active grants' amounts (the usageLimit)
-    consumed: float  # consumed from active grants
-    reserved: float  # held by open reservations
-    any_grant: bool  # the customer ever had a grant in the currency
-    all_voided: bool  # ... and every one of them is voided
+    ``usage_limit - current_usage == available`` (Stigg's CREDIT entitlement fields):
+    the limit is what the usable grants hold in all, the usage what was consumed or is held.
+    """
+
+    usage_limit: float
+    current_usage: float
+    reserved: float
+    available: float
+    any_grant: bool  # the wallet ever received a grant (issued or awaiting payment)
+    revoked: bool  # grants were voided and nothing usable or scheduled is left
     updated_at: float
     usage_period_end: float | None = None
-
-    @property
-    def available(self) -> float:
-        return self.granted - self.consumed - self.reserved
 
 
 @dataclass(slots=True)
@@ -267,7 +268,7 @@ class EntitlementEngine:
         balance = self.balances(environment, customer_id, resource_id, currency_id)
         if currency is None or balance is None or not balance.any_grant:
             return CreditDecision(False, "EntitlementNotFound", currency, balance, requested, stale)
-        if balance.all_voided:
+        if balance.revoked:
             return CreditDecision(False, "Revoked", currency, balance, requested, stale)
         for budget in env.budgets_by_customer.get(customer_id, ()):
             if budget.currencyId != currency_id:

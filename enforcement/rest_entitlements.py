@@ -88,8 +88,8 @@ def credit_body(
             "unitSingular": currency.unit if currency else None,
             "unitPlural": currency.unit if currency else None,
         },
-        "currentUsage": (b.consumed + b.reserved) if b else 0.0,
-        "usageLimit": b.granted if b else 0.0,
+        "currentUsage": b.current_usage if b else 0.0,
+        "usageLimit": b.usage_limit if b else 0.0,
         "usageUpdatedAt": iso(b.updated_at if b else time.time()),
         "reserved": b.reserved if b else 0.0,
     }
@@ -162,7 +162,7 @@ class EntitlementRoutes:
                 metadata = p.string_map(msgspec.json.decode(metadata_raw), "reservationMetadata")
             except msgspec.DecodeError:
                 raise p.bad("reservationMetadata must be a JSON object of strings") from None
-        body = await self.c.credits.check_and_reserve(
+        body = await self.c.credit_routes.check_and_reserve(
             env,
             customer_id,
             currency_id,

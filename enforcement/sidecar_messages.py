@@ -181,8 +181,8 @@ def credit(decision: CreditDecision, currency_id: str) -> pb.CreditEntitlement:
     b = decision.balance
     msg = pb.CreditEntitlement(
         currency=currency_message(decision.currency, currency_id),
-        usage_limit=b.granted if b else 0.0,
-        current_usage=(b.consumed + b.reserved) if b else 0.0,
+        usage_limit=b.usage_limit if b else 0.0,
+        current_usage=b.current_usage if b else 0.0,
         remaining=b.available if b else 0.0,
     )
     if b is not None and b.usage_period_end is not None:

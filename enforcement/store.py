@@ -90,6 +90,15 @@ counted_events = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 
+# What a REST-created grant carries that the ledger does not model (returned by listings).
+grant_extras = Table(
+    "enf_grant_extras",
+    metadata,
+    Column("environment", String(200), primary_key=True),
+    Column("grant_id", String(300), primary_key=True),
+    Column("data", Text, nullable=False),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CounterKey:
@@ -322,6 +331,29 @@ class Store:
             BudgetKey(r.environment, r.budget_id, r.window_start): r.value for r in budget_rows
         }
         return counters, budgets
+
+    def put_grant_extras(self, environment: str, grant_id: str, data: dict) -> None:
+        stmt = self._insert(grant_extras).values(
+            environment=environment, grant_id=grant_id, data=json.dumps(data)
+        )
+        with self.transaction() as conn:
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["environment", "grant_id"], set_={"data": stmt.excluded.data}
+                )
+            )
+
+    def grant_extras(self, environment: str, grant_ids: list[str]) -> dict[str, dict]:
+        if not grant_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(grant_extras.c.grant_id, grant_extras.c.data).where(
+                    grant_extras.c.environment == environment,
+                    grant_extras.c.grant_id.in_(grant_ids),
+                )
+            ).all()
+        return {r[0]: json.loads(r[1]) for r in rows}
 
     def is_cold(self, environment: str) -> bool:
         """True when the store never counted anything for the environment."""

@@ -1,0 +1,329 @@
+"""Credits end to end through the official SDKs: grants (REST and synced from the control
+plane), consumption, reservations through the reserving check, release, the ledger listing,
+and the credit denial reasons on both REST and gRPC."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import httpx
+import pytest
+from stigg._client import Stigg as RestStigg
+from stigg._exceptions import BadRequestError, ConflictError, NotFoundError
+from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
+
+from byoc_platform.catalog import Budget
+from tests.enforcement.harness import ControlPlaneProcess, Runtime
+from tests.enforcement.test_sidecar_checks import call
+from tests.enforcement.test_usage_reporting import new_customer
+
+R = pb.AccessDeniedReason
+
+
+def rest(runtime: Runtime, key: str | None = None) -> RestStigg:
+    return RestStigg(base_url=runtime.api_url, api_key=key or runtime.api_key, max_retries=0)
+
+
+def grant(client: RestStigg, customer: str, amount: float, **kwargs: object) -> str:
+    resp = client.v1.credits.grants.create(
+        amount=amount,
+        currency_id="credits",
+        customer_id=customer,
+        display_name=kwargs.pop("display_name", "pack"),  # type: ignore[arg-type]
+        grant_type=kwargs.pop("grant_type", "PAID"),  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return resp.data.id
+
+
+def credit_check(client: RestStigg, customer: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    return client.v1.customers.check_entitlement(
+        customer,
+        currency_id="credits",
+        **kwargs,  # type: ignore[arg-type]
+    ).data
+
+
+def test_grant_from_the_control_plane_reaches_the_ledger(runtime: Runtime) -> None:
+    v2 = call(
+        runtime,
+        lambda s: s.get_entitlement_v2(
+            pb.GetEntitlementV2Request(customer_id="c-pro", currency_id="credits")
+        ),
+    )
+    assert v2.entitlement.has_access is True
+    assert v2.entitlement.credit.usage_limit == 100
+    assert v2.entitlement.credit.remaining == 100
+    assert v2.entitlement.credit.currency.currency_id == "credits"
+    data = credit_check(rest(runtime), "c-pro")
+    assert data.type == "CREDIT" and data.is_granted is True
+    assert data.usage_limit == 100
+    grants = list(rest(runtime).v1.credits.grants.list(customer_id="c-pro"))
+    assert [g.id for g in grants] == ["g-pro"]
+
+
+def test_grant_consume_reserve_release_and_ledger(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    client = rest(runtime)
+    customer = new_customer(control_plane, runtime)
+    promo = grant(
+        client,
+        customer,
+        50,
+        grant_type="PROMOTIONAL",
+        priority=10,
+        metadata={"campaign": "launch"},
+        cost={"amount": 0, "currency": "usd"},
+    )
+    paid = grant(client, customer, 100)
+    listed = {g.id: g for g in client.v1.credits.grants.list(customer_id=customer)}
+    assert set(listed) == {promo, paid}
+    assert listed[promo].metadata == {"campaign": "launch"}
+    assert listed[promo].status == "ACTIVE"
+    assert credit_check(client, customer).usage_limit == 150
+
+    consumed = client.v1.credits.consumption.consume(
+        amount=30, currency_id="credits", customer_id=customer, idempotency_key="k1"
+    )
+    assert consumed.data.amount == 30
+    assert consumed.data.credit is not None and consumed.data.credit.current_usage == 30
+    again = client.v1.credits.consumption.consume(
+        amount=30, currency_id="credits", customer_id=customer, idempotency_key="k1"
+    )
+    assert again.data.credit is not None and again.data.credit.current_usage == 30  # idempotent
+    by_grant = {
+        g.id: g.consumed_amount for g in client.v1.credits.grants.list(customer_id=customer)
+    }
+    assert by_grant == {promo: 30, paid: 0}  # promotional, priority 10, drawn first
+
+    held = credit_check(
+        client, customer, reserve_amount=100, reservation_id="r1", reservation_ttl_seconds=600
+    )
+    assert held.is_granted is True
+    assert held.reservation is not None and held.reservation.amount == 100
+    assert held.reservation.status == "ACTIVE"
+    assert held.current_usage == 130 and held.reserved == 100
+    refused = credit_check(client, customer, reserve_amount=50, reservation_id="r2")
+    assert refused.is_granted is False
+    assert refused.access_denied_reason == "InsufficientCredits"
+    assert refused.reservation is None
+
+    released = client.v1.credits.reservations.release(
+        "r1", consumed_amount=60, currency_id="credits", customer_id=customer
+    )
+    assert released.data.reservation.status == "RELEASED"
+    assert released.data.reservation.consumed_amount == 60
+    assert released.data.credit is not None and released.data.credit.current_usage == 90
+    with pytest.raises(ConflictError):
+        client.v1.credits.reservations.release(
+            "r1", consumed_amount=1, currency_id="credits", customer_id=customer
+        )
+    with pytest.raises(BadRequestError) as refused_err:
+        client.v1.credits.consumption.consume(
+            amount=61, currency_id="credits", customer_id=customer, idempotency_key="k2"
+        )
+    assert refused_err.value.body["error"]["code"] == "INSUFFICIENT_CREDITS"  # type: ignore[index]
+    assert credit_check(client, customer).current_usage == 90
+
+    events = list(client.v1.credits.list_ledger(customer_id=customer, limit=2))
+    types = [e.event_type for e in events]
+    assert types.count("CREDITS_GRANTED") == 2
+    assert "CREDITS_CONSUMED" in types
+    assert "CREDITS_RESERVED" in types
+    assert "CREDITS_RESERVATION_RELEASED" in types
+    assert sum(e.amount for e in events) == pytest.approx(150 - 90)
+    only = list(client.v1.credits.list_ledger(customer_id=customer, event_type="CREDITS_GRANTED"))
+    assert {e.credit_grant_id for e in only} == {promo, paid}
+
+
+def test_credit_denial_reasons(control_plane: ControlPlaneProcess, runtime: Runtime) -> None:
+    client = rest(runtime)
+    none = new_customer(control_plane, runtime)
+    assert credit_check(client, none).access_denied_reason == "EntitlementNotFound"
+    revoked = new_customer(control_plane, runtime)
+    grant_id = grant(client, revoked, 10)
+    voided = client.v1.credits.grants.void(grant_id)
+    assert voided.data.status == "VOIDED"
+    assert credit_check(client, revoked).access_denied_reason == "Revoked"
+    assert credit_check(client, "nobody").access_denied_reason == "CustomerNotFound"
+    v2 = call(
+        runtime,
+        lambda s: s.get_entitlement_v2(
+            pb.GetEntitlementV2Request(customer_id=revoked, currency_id="credits")
+        ),
+    )
+    assert v2.entitlement.access_denied_reason == R.ACCESS_DENIED_REASON_REVOKED
+
+
+def test_credit_priced_feature_needs_credits(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, runtime, plan="plan-pro")  # f-images: 5 credits
+    grant(rest(runtime), customer, 10)
+    ok = call(
+        runtime,
+        lambda s: s.get_metered_entitlement(
+            pb.GetMeteredEntitlementRequest(
+                customer_id=customer,
+                feature_id="f-images",
+                options=pb.MeteredEntitlementOptions(requested_usage=2),
+            )
+        ),
+    )
+    assert ok.has_access is True
+    short = call(
+        runtime,
+        lambda s: s.get_metered_entitlement(
+            pb.GetMeteredEntitlementRequest(
+                customer_id=customer,
+                feature_id="f-images",
+                options=pb.MeteredEntitlementOptions(requested_usage=3),
+            )
+        ),
+    )
+    assert short.has_access is False
+    assert short.access_denied_reason == R.ACCESS_DENIED_REASON_INSUFFICIENT_CREDITS
+
+
+def test_currency_budget(control_plane: ControlPlaneProcess, runtime: Runtime) -> None:
+    client = rest(runtime)
+    customer = new_customer(control_plane, runtime)
+    with control_plane.client() as cp:
+        cp.put_entity(
+            "development",
+            Budget(
+                id=f"b-{customer}",
+                customerId=customer,
+                currencyId="credits",
+                limit=50,
+                period="DAY",
+            ),
+        )
+    runtime.sync_now()
+    grant(client, customer, 100)
+    client.v1.credits.consumption.consume(
+        amount=50, currency_id="credits", customer_id=customer, idempotency_key="b1"
+    )
+    data = credit_check(client, customer, requested_usage=1)
+    assert data.is_granted is False
+    assert data.access_denied_reason == "BudgetExceeded"
+
+
+def test_consumption_async_reports_refusals(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    client = rest(runtime)
+    customer = new_customer(control_plane, runtime)
+    grant(client, customer, 10)
+    with runtime.http() as http:
+        resp = http.post(
+            "/api/v1/credits/consumption/async",
+            json={
+                "consumptions": [
+                    {
+                        "amount": 4,
+                        "currencyId": "credits",
+                        "customerId": customer,
+                        "idempotencyKey": "a1",
+                    },
+                    {
+                        "amount": 4,
+                        "currencyId": "credits",
+                        "customerId": customer,
+                        "idempotencyKey": "a2",
+                    },
+                    {
+                        "amount": 4,
+                        "currencyId": "credits",
+                        "customerId": customer,
+                        "idempotencyKey": "a3",
+                    },
+                ]
+            },
+        )
+    assert resp.status_code == 200
+    data = resp.json()["data"]
+    assert data["consumed"] == 2
+    assert [r["code"] for r in data["refused"]] == ["INSUFFICIENT_CREDITS"]
+    assert credit_check(client, customer).current_usage == 8
+
+
+def test_credits_are_scoped_to_the_key_environment(runtime: Runtime) -> None:
+    staging = rest(runtime, runtime.key_for("staging"))
+    assert list(staging.v1.credits.grants.list(customer_id="c-pro")) == []
+    assert list(staging.v1.credits.list_ledger(customer_id="c-pro")) == []
+    with pytest.raises(NotFoundError):
+        staging.v1.credits.consumption.consume(
+            amount=1, currency_id="credits", customer_id="c-pro", idempotency_key="x"
+        )
+    with pytest.raises(NotFoundError):
+        staging.v1.credits.grants.void("g-pro")
+    assert credit_check(rest(runtime), "c-pro").usage_limit == 100
+
+
+def test_bad_credit_requests_are_4xx(runtime: Runtime) -> None:
+    with runtime.http() as http:
+        missing = http.post("/api/v1/credits/consumption", json={"amount": 1})
+        assert missing.status_code == 400
+        assert "currencyId" in missing.json()["error"]["message"]
+        negative = http.post(
+            "/api/v1/credits/consumption",
+            json={
+                "amount": -1,
+                "currencyId": "credits",
+                "customerId": "c-pro",
+                "idempotencyKey": "neg",
+            },
+        )
+        assert negative.status_code == 400 and "amount" in negative.json()["error"]["message"]
+        not_json = http.post(
+            "/api/v1/credits/grants", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert not_json.status_code == 400
+        unknown_res = http.post(
+            "/api/v1/credits/reservations/none/release",
+            json={"consumedAmount": 0, "currencyId": "credits", "customerId": "c-pro"},
+        )
+        assert unknown_res.status_code == 404
+
+
+def test_concurrent_rest_consumers_never_overdraw(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, runtime)
+    grant(rest(runtime), customer, 100)
+    granted: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(
+            base_url=runtime.api_url, headers={"X-API-KEY": runtime.api_key}, timeout=60
+        ) as http:
+            while True:
+                resp = http.post(
+                    "/api/v1/credits/consumption",
+                    json={
+                        "amount": 1,
+                        "currencyId": "credits",
+                        "customerId": customer,
+                        "idempotencyKey": uuid.uuid4().hex,
+                    },
+                )
+                with lock:
+                    (granted if resp.status_code == 200 else refused).append(resp.status_code)
+                if resp.status_code != 200:
+                    assert resp.json()["error"]["code"] == "INSUFFICIENT_CREDITS"
+                    return
+
+    threads = [threading.Thread(target=worker) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(granted) == 100
+    assert len(refused) == 64
+    assert credit_check(rest(runtime), customer).current_usage == 100
+    runtime.component.credits.ledger.check_invariants()
