@@ -48,6 +48,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # PyFlink is imported lazily: --help and the SQL builders work without it
+    from pyflink.table import StatementSet, StreamTableEnvironment
 
 log = logging.getLogger("byoc.flink.usage_job")
 
@@ -67,7 +71,7 @@ _NUM = r"-?[0-9][0-9.eE+-]*"
 EVENT_RE = r'\{(?:[^"{}]++|"(?:[^"\\]++|\\.)*+"|\{(?:[^"{}]++|"(?:[^"\\]++|\\.)*+")*+\})*+\}'
 DIMS_RE = r'"dimensions":(\{(?:[^"{}]++|"(?:[^"\\]++|\\.)*+")*+\})'
 # Group 1 = one '"key":value' pair of the dimensions object.
-PAIR_RE = rf'[{{,]({_STR}:(?:{_STR}|true|false|{_NUM}))'
+PAIR_RE = rf"[{{,]({_STR}:(?:{_STR}|true|false|{_NUM}))"
 # Below, pairs are joined by CHR(1) (control characters never occur raw in JSON text), so a
 # pair is exactly one segment: (?<=^|\x01) anchors at its start, (?=\x01|$) at its end.
 _SEG_START = r"(?:^|\x01)"
@@ -226,11 +230,13 @@ def kafka_sink_ddl(table: str, columns: str, args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------- the pipeline
-def add_pipeline(t_env, statements, source: str, suffix: str, ooo_ms: int) -> None:  # noqa: ANN001
+def add_pipeline(
+    t_env: StreamTableEnvironment, statements: StatementSet, source: str, suffix: str, ooo_ms: int
+) -> None:
     """Views and INSERTs for one source table (one partition locally, the topic in Kafka)."""
     from pyflink.table import Schema
 
-    events_at = f"SUBSTR(record, POSITION('\"events\":[' IN record) + 10)"
+    events_at = "SUBSTR(record, POSITION('\"events\":[' IN record) + 10)"
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW flat_{suffix} AS
         SELECT
@@ -327,7 +333,7 @@ def partition_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def build(args: argparse.Namespace):  # noqa: ANN201
+def build(args: argparse.Namespace) -> StatementSet:
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
@@ -397,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     statements = build(args)
     if args.explain:
-        print(statements.explain())  # noqa: T201 - a CLI's requested output
+        print(statements.explain())
         return 0
     log.info("submitting byoc-usage (source=%s)", args.source)
     result = statements.execute()
