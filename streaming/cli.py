@@ -1,7 +1,9 @@
-"""`byoc stream`: the embedded stream processor (dedup + 1-minute aggregation).
+"""`byoc stream`: the embedded stream processor (dedup + 1-minute aggregation into ClickHouse).
 
-Until the processor lands this is a placeholder that serves its health and metrics port so the
-stack supervisor can start and probe it.
+Started by the stack supervisor (`byoc up`) with ``BYOC_CONFIG_FILE`` naming the stack's
+settings; run several on one machine to split the partitions of ``usage.events`` (each needs its
+own ``BYOC_PORTS__STREAM``). Serves /healthz, /readyz and /metrics on ``settings.ports.stream``.
+SIGTERM/SIGINT: finish the batch in hand, checkpoint, leave the group, exit 0.
 """
 
 from __future__ import annotations
@@ -18,27 +20,42 @@ def stream(
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory.")] = None,
 ) -> None:
     """Run the stream processor (consumer group on usage.events)."""
-    import asyncio
+    import logging
+    import signal
     from pathlib import Path
-
-    import uvicorn
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
 
     from byoc_platform import logs
     from byoc_platform.settings import Settings
+    from streaming.processor.health import HealthServer
+    from streaming.processor.processor import StreamProcessor
 
     settings = Settings(data_dir=Path(data_dir)) if data_dir else Settings()
     logs.configure("stream", settings.log_level)
+    log = logging.getLogger("byoc.stream")
+    processor = StreamProcessor(settings)
+    try:
+        health = HealthServer(
+            settings.host,
+            settings.ports.stream,
+            processor.metrics.registry,
+            processor.healthy,
+            processor.ready,
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.ports.stream, exc)
+        raise typer.Exit(2) from exc
+    health.start()
 
-    async def healthz(request: object) -> JSONResponse:
-        return JSONResponse({"status": "ok", "processor": "placeholder"})
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: finishing the current batch and stopping", signum)
+        processor.request_stop()
 
-    async def metrics(request: object) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    web = Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
-    config = uvicorn.Config(web, host=settings.host, port=settings.ports.stream, log_config=None)
-    asyncio.run(uvicorn.Server(config).serve())
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        processor.run()
+    except Exception:
+        log.exception("stream processor failed")
+        raise typer.Exit(1) from None
+    finally:
+        health.stop()

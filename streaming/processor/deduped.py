@@ -1,0 +1,144 @@
+"""The deduplicated events, published to ``usage.deduped`` for the enforcement counters.
+
+Record format: byoc_platform/events.py (EventBatch JSON, key ``environment/customer``, record
+timestamp = receive time). One output record per input record that kept at least one event,
+holding its surviving events in order. The dimensions are copied as the engine's canonical JSON
+(``msgspec.Raw``), so nothing is decoded again.
+
+Delivery is AT-LEAST-ONCE across crashes: records are acknowledged (acks=all) before the
+checkpoint that covers them commits, and a crash between the two republishes them on replay.
+Consumers must count each (environment, customer, idempotencyKey) once; the enforcement
+counters do (enforcement/usage_feed.py: ``apply_events`` is idempotent per event).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from byoc_platform.events import SCHEMA_VERSION, record_key
+from streaming.engine import EventRow
+from streaming.processor.errors import Aborted
+
+log = logging.getLogger(__name__)
+
+
+class _Event(msgspec.Struct, omit_defaults=True):
+    customerId: str
+    eventName: str
+    idempotencyKey: str
+    timestamp: int
+    resourceId: str | None = None
+    dimensions: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _Batch(msgspec.Struct):
+    v: int
+    environment: str
+    receivedAt: int
+    events: list[_Event]
+
+
+_encode = msgspec.json.Encoder().encode
+
+Record = tuple[bytes, bytes, int]  # (key, value, timestamp ms)
+
+
+def deduped_records(rows: Iterable[EventRow]) -> list[Record]:
+    """Group consecutive rows of one input record (same environment, customer, receive time)."""
+    records: list[Record] = []
+    current: tuple[str, str, int] | None = None
+    events: list[_Event] = []
+
+    def close() -> None:
+        if current is not None and events:
+            environment, customer, received_at = current
+            value = _encode(_Batch(SCHEMA_VERSION, environment, received_at, events))
+            records.append((record_key(environment, customer), value, received_at))
+
+    for row in rows:
+        group = (row.environment, row.customer_id, row.ingest_time)
+        if group != current:
+            close()
+            current, events = group, []
+        events.append(
+            _Event(
+                row.customer_id,
+                row.event_name,
+                row.idempotency_key,
+                row.event_time,
+                row.resource_id or None,
+                msgspec.Raw(row.dimensions.encode()),
+            )
+        )
+    close()
+    return records
+
+
+class DedupedPublisher:
+    """Produces records and waits for every acknowledgement, retrying failed ones."""
+
+    def __init__(
+        self,
+        producer_factory: Callable[[], Any],
+        topic: str,
+        abort: threading.Event,
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self._producer_factory = producer_factory
+        self._producer: Any = None
+        self.topic = topic
+        self._abort = abort
+        self._flush_timeout_s = flush_timeout_s
+        self._failed: list[Record] = []
+
+    def _get(self) -> Any:
+        if self._producer is None:
+            self._producer = self._producer_factory()
+        return self._producer
+
+    def send(self, records: Sequence[Record]) -> None:
+        """Start producing (asynchronous); :meth:`wait` collects the acknowledgements."""
+        producer = self._get()
+        for record in records:
+            key, value, timestamp = record
+            while True:
+                try:
+                    producer.produce(
+                        self.topic,
+                        value=value,
+                        key=key,
+                        timestamp=timestamp,
+                        on_delivery=self._delivered(record),
+                    )
+                    break
+                except BufferError:  # local queue full: serve callbacks and try again
+                    producer.poll(0.05)
+
+    def _delivered(self, record: Record) -> Callable[[Any, Any], None]:
+        def callback(err: Any, msg: Any) -> None:
+            if err is not None:
+                self._failed.append(record)
+
+        return callback
+
+    def wait(self) -> None:
+        """Block until every record sent so far is acknowledged; failed ones are resent."""
+        producer = self._get()
+        while True:
+            remaining = producer.flush(self._flush_timeout_s)
+            if remaining == 0 and not self._failed:
+                return
+            if self._abort.is_set():
+                raise Aborted(f"publishing to {self.topic} abandoned ({remaining} unacknowledged)")
+            if remaining:
+                log.warning("%d records to %s still unacknowledged; waiting", remaining, self.topic)
+                continue
+            failed, self._failed = self._failed, []
+            log.warning("%d records to %s failed; resending", len(failed), self.topic)
+            self._abort.wait(0.5)
+            self.send(failed)

@@ -1,0 +1,165 @@
+"""Inserts of the engine's rows into ClickHouse, one block per (partition, offset range, table).
+
+Rows go as ``JSONCompactEachRow`` encoded by msgspec (C speed; measured ~10x faster end to end
+than clickhouse-connect's Native writer through the local warehouse front, which spends its time
+in per-value Python). Times: ``DateTime64(3)`` columns take decimal epoch SECONDS (``ms / 1000``
+has an exact shortest decimal form, so ClickHouse reads back the same millisecond), ``DateTime``
+columns take integer epoch seconds.
+
+Every block carries ``insert_deduplication_token = <topic>:<partition>:<first>:<last>:<table>``.
+The rows of an offset range are a pure function of the log (the engine is deterministic and
+resumes from a checkpoint taken exactly at ``first``), so an equal token always means equal rows:
+a retried insert, or a replay cut at the same offsets (the checkpoint store's intent), is dropped
+by ClickHouse instead of being stored twice (tables keep the last 1000 tokens:
+``non_replicated_deduplication_window``; ``late_hours`` keeps none and relies on its
+ReplacingMergeTree key, its rows being identical).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from streaming.engine import (
+    EVENT_COLUMNS,
+    LATE_HOUR_COLUMNS,
+    MINUTE_COLUMNS,
+    EventRow,
+    LateHourRow,
+    MinuteRow,
+)
+from streaming.processor.errors import Aborted
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+EVENTS_TABLE = "usage_events"
+MINUTE_TABLE = "usage_minute"
+LATE_HOURS_TABLE = "late_hours"
+
+
+def encode_events(rows: Sequence[EventRow]) -> bytes:
+    """JSONCompactEachRow lines in EVENT_COLUMNS order."""
+    return _encoder.encode_lines(
+        [
+            (
+                r.environment,
+                r.customer_id,
+                r.resource_id,
+                r.event_name,
+                r.idempotency_key,
+                r.event_time / 1000,
+                r.ingest_time / 1000,
+                r.labels,
+                r.values,
+                r.dimensions,
+            )
+            for r in rows
+        ]
+    )
+
+
+def encode_minutes(rows: Sequence[MinuteRow]) -> bytes:
+    """JSONCompactEachRow lines in MINUTE_COLUMNS order."""
+    return _encoder.encode_lines(
+        [
+            (
+                r.environment,
+                r.customer_id,
+                r.resource_id,
+                r.event_name,
+                r.dimensions_key,
+                r.labels,
+                r.minute // 1000,
+                r.metric,
+                r.late_key,
+                r.count,
+                r.sum,
+                r.min,
+                r.max,
+                r.first_event_time / 1000,
+                r.last_event_time / 1000,
+                r.version,
+            )
+            for r in rows
+        ]
+    )
+
+
+def encode_late_hours(rows: Sequence[LateHourRow]) -> bytes:
+    """JSONCompactEachRow lines in LATE_HOUR_COLUMNS order."""
+    return _encoder.encode_lines(
+        [(r.environment, r.hour // 1000, r.recorded_at / 1000) for r in rows]
+    )
+
+
+TABLES: tuple[tuple[str, tuple[str, ...], Callable[[Any], bytes]], ...] = (
+    (EVENTS_TABLE, EVENT_COLUMNS, encode_events),
+    (MINUTE_TABLE, MINUTE_COLUMNS, encode_minutes),
+    (LATE_HOURS_TABLE, LATE_HOUR_COLUMNS, encode_late_hours),
+)
+
+
+def dedup_token(topic: str, partition: int, first: int, last: int, table: str) -> str:
+    return f"{topic}:{partition}:{first}:{last}:{table}"
+
+
+class WarehouseSink:
+    """Writes blocks with dedup tokens; retries a failed block (same token) until it lands."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        database: str,
+        abort: threading.Event,
+        on_retry: Callable[[str], None] = lambda table: None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._client_factory = client_factory
+        self._client: Any = None
+        self.database = database
+        self._abort = abort
+        self._on_retry = on_retry
+        self._max_backoff_s = max_backoff_s
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def insert(self, table: str, columns: Sequence[str], body: bytes, token: str) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                self._get_client().raw_insert(
+                    f"{self.database}.{table}",
+                    list(columns),
+                    body,
+                    settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+                    fmt="JSONCompactEachRow",
+                )
+                return
+            except Exception as exc:  # network, server restart, ...: retry the same block
+                if self._abort.is_set():
+                    raise Aborted(f"insert into {table} abandoned: {exc}") from exc
+                log.warning(
+                    "insert into %s failed, retrying in %.1fs: %s",
+                    table,
+                    backoff,
+                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                )
+                self._on_retry(table)
+                self._client = None  # a fresh connection after errors
+                self._abort.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._get_client().ping())
+        except Exception:
+            return False
