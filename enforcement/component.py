@@ -34,6 +34,7 @@ from enforcement.state import LocalState
 from enforcement.store import Store
 from enforcement.sync import InboundSync, SyncRunner
 from enforcement.usage_feed import UsageFeed
+from enforcement.usage_hook import UsageHook
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,10 @@ class EnforcementComponent:
             events_sink=self._produce_events,
             reload=self._reload,
         )
-        self.usage_feed = UsageFeed(settings, self.counters, self.state)
+        self.usage_hook = UsageHook(self.state, self.counters)
+        # Aggregated usage accepted by ingestion (REST /api/v2/usage) lands in our counters.
+        context.hooks.usage = self.usage_hook
+        self.usage_feed = UsageFeed(settings, self.counters, self.state, self.usage_hook)
         self._grpc_server: Server | None = None
         self._entitlement_routes = EntitlementRoutes(self)
         self.credit_routes = CreditRoutes(self)

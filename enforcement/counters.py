@@ -197,8 +197,13 @@ class UsageCounters:
         value: float,
         behavior: str,
         at: float | None = None,
+        claim: str | None = None,
     ) -> Reported:
-        """ReportUsage: DELTA adds to, SET replaces, the current window's value."""
+        """ReportUsage: DELTA adds to, SET replaces, the current window's value.
+
+        ``claim`` (a report's id) makes it idempotent: a claimed report changes nothing again
+        (the in-process apply and the ``usage.reports`` consumer both pass the same id).
+        """
         now = time.time()
         at = now if at is None else at
         resource_key = resource_id or NO_RESOURCE
@@ -226,11 +231,16 @@ class UsageCounters:
                 deltas,
                 budget_deltas,
             )
-            with self.store.transaction() as conn:
-                self.store.add_counters(conn, deltas, budget_deltas, now)
-            self._apply_memory(deltas, budget_deltas)
             (key,) = deltas
             end, _ = deltas[key]
+            with self.store.transaction() as conn:
+                if claim is not None:
+                    expires = max(float(end), at + self.dedup_window_s, now + 3600.0)
+                    if not self.store.claim_event(conn, environment, customer_id, claim, expires):
+                        self.events_replayed += 1
+                        return Reported(self.values.get(key, 0.0), key.window_start, end, at)
+                self.store.add_counters(conn, deltas, budget_deltas, now)
+            self._apply_memory(deltas, budget_deltas)
             return Reported(self.values.get(key, 0.0), key.window_start, end, at)
 
     def spend(

@@ -30,12 +30,14 @@ from byoc_platform.events import (
     EventBatch,
     UsageEvent,
     decode_batch,
+    decode_report_batch,
     encode_batch,
     record_key,
 )
 from byoc_platform.settings import Settings
 from enforcement.counters import UsageCounters
 from enforcement.state import NO_RESOURCE, LocalState
+from enforcement.usage_hook import UsageHook
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,11 @@ PRODUCE_ATTEMPTS = 3
 
 
 class UsageFeed:
-    def __init__(self, settings: Settings, counters: UsageCounters, state: LocalState) -> None:
+    def __init__(
+        self, settings: Settings, counters: UsageCounters, state: LocalState, hook: UsageHook
+    ) -> None:
         self.settings = settings
+        self.hook = hook
         self.counters = counters
         self.state = state
         self._producer: Any = None
@@ -97,7 +102,9 @@ class UsageFeed:
 
         cfg = self.settings.enforcement
         consumer = Consumer(clients.consumer_config(self.settings, cfg.consumer_group))
-        consumer.subscribe([self.settings.kafka.deduped_topic])
+        deduped = self.settings.kafka.deduped_topic
+        reports = self.settings.kafka.reports_topic
+        consumer.subscribe([deduped, reports])
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(num_messages=2000, timeout=0.2)
@@ -108,14 +115,18 @@ class UsageFeed:
                     error = message.error()
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("usage.deduped: %s", error)
+                            log.warning("usage consumer: %s", error)
                         continue
                     try:
-                        batch = decode_batch(message.value())
+                        if message.topic() == reports:
+                            # Reports keep their order (SET after DELTA): apply each batch now.
+                            report_batch = decode_report_batch(message.value())
+                            self.hook.apply_many(report_batch.environment, report_batch.usages)
+                        else:
+                            batch = decode_batch(message.value())
+                            by_env[batch.environment].extend(batch.events)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        log.error("usage.deduped: undecodable record skipped: %s", exc)
-                        continue
-                    by_env[batch.environment].extend(batch.events)
+                        log.error("%s: undecodable record skipped: %s", message.topic(), exc)
                 for environment, events in by_env.items():
                     self.counters.apply_events(environment, events)
                 consumer.commit(asynchronous=False)

@@ -162,24 +162,34 @@ class Runtime:
         self.thread.join(30)
 
 
-def make_settings(data_dir: Path, cp_url: str, **enforcement: Any) -> Settings:
+def make_settings(
+    data_dir: Path, cp_url: str, infra: Settings | None = None, **enforcement: Any
+) -> Settings:
+    """Runtime settings on free ports; Kafka and ClickHouse of ``infra`` when given."""
     enf = {"consume_usage": False, "rebuild_from_warehouse": False, **enforcement}
+    extra: dict[str, Any] = {}
+    if infra is not None:
+        extra["kafka"] = infra.kafka.model_dump()
+        extra["clickhouse"] = infra.clickhouse.model_dump()
     return Settings(
         data_dir=data_dir,
         environment="development",
         ports={"api": free_port(), "grpc": free_port()},
         control_plane={"api_url": f"{cp_url}/graphql", "api_key": CP_KEY, "sync_interval_s": 0.5},
         enforcement=enf,
+        **extra,
     )
 
 
-def start_runtime(settings: Settings) -> Runtime:
-    from enforcement.component import create
+def start_runtime(settings: Settings, components: tuple[str, ...] = ("enforcement",)) -> Runtime:
+    from byoc_platform.plugins import runtime_factories
 
     context = create_context(settings)
     key = context.keys.create(settings.environment)
-    component = create(context)
-    app = build_app(context, [component])
+    factories = runtime_factories()
+    built = [factories[name](context) for name in components]
+    component = built[0]
+    app = build_app(context, built)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -214,8 +224,10 @@ def start_runtime(settings: Settings) -> Runtime:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[Runtime]:
-    runtime = start_runtime(settings)
+def running(
+    settings: Settings, components: tuple[str, ...] = ("enforcement",)
+) -> Iterator[Runtime]:
+    runtime = start_runtime(settings, components)
     try:
         yield runtime
     finally:

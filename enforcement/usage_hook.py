@@ -1,0 +1,96 @@
+"""Aggregated usage from the ingestion routes (REST /api/v2/usage, GraphQL ReportUsage) into
+the counters, through ``RuntimeContext.hooks.usage`` (byoc_platform.plugins.UsageApplier).
+
+Ingestion validates with :meth:`validate_usage` (unknown customer or feature: 404, a feature
+that is not metered: 400, nothing written), logs the reports durably to ``usage.reports``, then
+calls :meth:`apply_usage`. Each report is claimed by its id, so the same report read back from
+``usage.reports`` by this or another runtime instance counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from byoc_platform.api_errors import ApiError
+from byoc_platform.catalog import Feature
+from byoc_platform.events import UsageReport
+from byoc_platform.plugins import UsageOutcome
+from enforcement.counters import UsageCounters
+from enforcement.state import LocalState
+
+CLAIM_PREFIX = "\x1freport\x1f"
+
+
+def report_claim(report: UsageReport) -> str:
+    return CLAIM_PREFIX + report.id
+
+
+class UsageHook:
+    def __init__(self, state: LocalState, counters: UsageCounters) -> None:
+        self.state = state
+        self.counters = counters
+
+    def _feature(self, environment: str, report: UsageReport, index: int) -> Feature:
+        env = self.state.env(environment)
+        where = f"usages[{index}]"
+        if report.customerId not in env.customers:
+            raise ApiError(
+                404,
+                f"{where}.customerId: customer {report.customerId!r} not found",
+                retryable=False,
+            )
+        feature = env.features.get(report.featureId)
+        if feature is None:
+            raise ApiError(
+                404, f"{where}.featureId: feature {report.featureId!r} not found", retryable=False
+            )
+        if feature.meterType == "None":
+            raise ApiError(
+                400,
+                f"{where}.featureId: feature {report.featureId!r} is not metered",
+                retryable=False,
+            )
+        if report.resourceId and report.resourceId not in env.customer_resources(report.customerId):
+            raise ApiError(
+                404,
+                f"{where}.resourceId: resource {report.resourceId!r} of customer "
+                f"{report.customerId!r} not found",
+                retryable=False,
+            )
+        return feature
+
+    def validate_usage(self, environment: str, reports: Sequence[UsageReport]) -> None:
+        for index, report in enumerate(reports):
+            self._feature(environment, report, index)
+
+    def apply_one(self, environment: str, report: UsageReport) -> UsageOutcome:
+        feature = self.state.env(environment).features.get(report.featureId)
+        if feature is None or feature.meterType == "None":
+            return UsageOutcome()  # the catalog changed since validation: nothing to count
+        result = self.counters.report(
+            environment,
+            report.customerId,
+            report.resourceId,
+            feature,
+            report.value,
+            report.updateBehavior,
+            report.createdAt / 1000.0,
+            claim=report_claim(report),
+        )
+        if not result.window_end:
+            return UsageOutcome(current_usage=result.current_usage)
+        return UsageOutcome(
+            current_usage=result.current_usage,
+            usage_period_start=result.window_start * 1000,
+            usage_period_end=result.window_end * 1000,
+            next_reset_date=result.window_end * 1000,
+        )
+
+    def apply_many(self, environment: str, reports: Sequence[UsageReport]) -> list[UsageOutcome]:
+        return [self.apply_one(environment, report) for report in reports]
+
+    async def apply_usage(
+        self, environment: str, reports: Sequence[UsageReport]
+    ) -> list[UsageOutcome]:
+        return await asyncio.to_thread(self.apply_many, environment, list(reports))

@@ -1,0 +1,267 @@
+"""Counters fed by the real engines: ``usage.deduped`` on the Tansu broker (idempotent per
+event across redeliveries), aggregated usage from REST /api/v2/usage (ingestion component +
+the usage hook), ReportEvents producing to ``usage.events``, and the rebuild from the chdb
+warehouse on start (a new node, and a restart that must not double count)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from stigg._client import Stigg as RestStigg
+from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
+
+from byoc_platform import clients
+from byoc_platform.events import (
+    SCHEMA_VERSION,
+    EventBatch,
+    UsageEvent,
+    decode_batch,
+    encode_batch,
+    record_key,
+)
+from byoc_platform.settings import Settings
+from tests.enforcement.harness import (
+    ControlPlaneProcess,
+    Runtime,
+    make_settings,
+    running,
+    wait_until,
+)
+from tests.enforcement.test_sidecar_checks import call
+from tests.enforcement.test_usage_reporting import new_customer
+from tests.stack_fixtures import Stack
+
+
+@pytest.fixture(scope="module")
+def feed_runtime(
+    infra: Stack, control_plane: ControlPlaneProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
+    settings = make_settings(
+        tmp_path_factory.mktemp("feed"),
+        control_plane.url,
+        infra.settings,
+        consume_usage=True,
+        rebuild_from_warehouse=True,
+        consumer_group=f"enf-test-{uuid.uuid4().hex[:8]}",
+    )
+    with running(settings, ("enforcement", "ingest")) as runtime:
+        runtime.sync_now()
+        wait_until(runtime.component.usage_feed.replay_done.is_set, timeout=60)
+        yield runtime
+
+
+def produce_deduped(settings: Settings, customer: str, events: list[UsageEvent]) -> None:
+    producer = Producer(clients.producer_config(settings))
+    now = int(time.time() * 1000)
+    batch = EventBatch(v=SCHEMA_VERSION, environment="development", receivedAt=now, events=events)
+    producer.produce(
+        settings.kafka.deduped_topic,
+        value=encode_batch(batch),
+        key=record_key("development", customer),
+        timestamp=now,
+    )
+    assert producer.flush(30) == 0
+
+
+def usage(runtime: Runtime, customer: str, feature: str) -> float:
+    resp = call(
+        runtime,
+        lambda s: s.get_metered_entitlement(
+            pb.GetMeteredEntitlementRequest(customer_id=customer, feature_id=feature)
+        ),
+    )
+    return resp.entitlement.current_usage
+
+
+def ev(customer: str, name: str, key: str, **dims: float | str) -> UsageEvent:
+    return UsageEvent(
+        customerId=customer,
+        eventName=name,
+        idempotencyKey=key,
+        timestamp=int(time.time() * 1000),
+        dimensions=dims,
+    )
+
+
+def test_deduped_events_count_once_even_when_redelivered(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, feed_runtime)
+    events = [
+        ev(customer, "api_call", "c1"),
+        ev(customer, "api_call", "c2"),
+        ev(customer, "api_call", "c3"),
+        ev(customer, "llm.tokens", "t1", tokens=100, model="gpt"),
+        ev(customer, "llm.tokens", "t2", tokens=250),
+        ev(customer, "unrelated.event", "u1"),
+    ]
+    produce_deduped(infra.settings, customer, events)
+    wait_until(lambda: usage(feed_runtime, customer, "f-tokens") == 350, timeout=60)
+    assert usage(feed_runtime, customer, "f-calls") == 3
+    # The stream processor redelivers after a crash: the same events again, plus one new.
+    produce_deduped(infra.settings, customer, [*events[:3], ev(customer, "api_call", "c4")])
+    wait_until(lambda: usage(feed_runtime, customer, "f-calls") == 4, timeout=60)
+    time.sleep(1.0)  # give any double count the chance to show
+    assert usage(feed_runtime, customer, "f-calls") == 4
+    assert usage(feed_runtime, customer, "f-tokens") == 350
+
+
+def test_rest_v2_usage_reaches_the_counters(
+    control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, feed_runtime)
+    client = RestStigg(base_url=feed_runtime.api_url, api_key=feed_runtime.api_key, max_retries=0)
+    first = client.v2.usage.report(
+        usages=[
+            {
+                "customer_id": customer,
+                "feature_id": "f-calls",
+                "value": 7,
+                "idempotency_key": "u-1",
+            },
+        ]
+    )
+    assert first.data.usages[0].current_usage == 7
+    again = client.v2.usage.report(
+        usages=[
+            {
+                "customer_id": customer,
+                "feature_id": "f-calls",
+                "value": 7,
+                "idempotency_key": "u-1",
+            },
+        ]
+    )
+    assert again.data.usages[0].current_usage == 7  # the same report, counted once
+    client.v2.usage.report(
+        usages=[
+            {
+                "customer_id": customer,
+                "feature_id": "f-storage",
+                "value": 4,
+                "update_behavior": "SET",
+            },
+        ]
+    )
+    assert usage(feed_runtime, customer, "f-calls") == 7
+    assert usage(feed_runtime, customer, "f-storage") == 4
+    check = client.v1.customers.check_entitlement(customer, feature_id="f-calls").data
+    assert check.current_usage == 7
+
+
+def test_report_events_produces_to_usage_events(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, feed_runtime)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    call(
+        feed_runtime,
+        lambda s: s.report_events(
+            pb.ReportEventsRequest(
+                events=[
+                    pb.Event(
+                        event_name="api_call",
+                        customer_id=customer,
+                        idempotency_key="e-1",
+                        timestamp=stamp,
+                        dimensions={
+                            "tokens": pb.EventDimensionValue(number_value=12),
+                            "region": pb.EventDimensionValue(string_value="eu"),
+                            "ok": pb.EventDimensionValue(boolean_value=True),
+                        },
+                    ),
+                ]
+            )
+        ),
+    )
+    consumer = Consumer(clients.consumer_config(infra.settings, f"enf-read-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([infra.settings.kafka.events_topic])
+    found: list[UsageEvent] = []
+    deadline = time.monotonic() + 60
+    try:
+        while not found and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=1.0):
+                if message.error() or message.key() != record_key("development", customer):
+                    continue
+                found.extend(decode_batch(message.value()).events)
+    finally:
+        consumer.close()
+    assert len(found) == 1
+    event = found[0]
+    assert event.idempotencyKey == "e-1"
+    assert event.timestamp == int(stamp.timestamp() * 1000)
+    assert event.dimensions == {"tokens": 12.0, "region": "eu", "ok": True}
+
+
+def insert_warehouse_events(infra: Stack, customer: str, keys: list[str]) -> None:
+    client = infra.clickhouse()
+    now = datetime.now(UTC)
+    rows = [["development", customer, "", "api_call", key, now, now, {}, {}, "{}"] for key in keys]
+    client.insert(
+        f"{infra.settings.clickhouse.database}.usage_events",
+        rows,
+        column_names=[
+            "environment",
+            "customer_id",
+            "resource_id",
+            "event_name",
+            "idempotency_key",
+            "event_time",
+            "ingest_time",
+            "labels",
+            "values",
+            "dimensions",
+        ],
+    )
+    client.close()
+
+
+def test_counters_rebuilt_from_the_warehouse_on_start(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime, tmp_path: Path
+) -> None:
+    customer = new_customer(control_plane, feed_runtime)
+    group = f"enf-test-{uuid.uuid4().hex[:8]}"
+
+    def settings(data_dir: Path) -> Settings:
+        return make_settings(
+            data_dir,
+            control_plane.url,
+            infra.settings,
+            consume_usage=True,
+            rebuild_from_warehouse=True,
+            consumer_group=group,
+        )
+
+    # A node counts two events from the topic, then stops.
+    with running(settings(tmp_path / "a")) as node:
+        node.sync_now()
+        produce_deduped(
+            infra.settings,
+            customer,
+            [ev(customer, "api_call", "w1"), ev(customer, "api_call", "w2")],
+        )
+        wait_until(lambda: usage(node, customer, "f-calls") == 2, timeout=60)
+    # Meanwhile the warehouse holds five events of the window, two of them the same ones.
+    insert_warehouse_events(infra, customer, ["w1", "w2", "w3", "w4", "w5"])
+    # Restart on the same store: the replay adds the three it missed, never the two again.
+    with running(settings(tmp_path / "a")) as node:
+        wait_until(node.component.usage_feed.replay_done.is_set, timeout=60)
+        assert node.component.usage_feed.replay_error is None
+        assert usage(node, customer, "f-calls") == 5
+        assert node.component.usage_feed.replay_from_warehouse() == 0  # idempotent
+        assert usage(node, customer, "f-calls") == 5
+    # A brand-new node (empty store, new consumer group): everything from the warehouse,
+    # and the topic's redelivery of w1/w2 to the new group does not add to it.
+    fresh = settings(tmp_path / "b")
+    fresh.enforcement.consumer_group = f"enf-test-{uuid.uuid4().hex[:8]}"
+    with running(fresh) as node:
+        wait_until(node.component.usage_feed.replay_done.is_set, timeout=60)
+        assert usage(node, customer, "f-calls") == 5
+        time.sleep(2.0)  # the new group reads the topic from the beginning meanwhile
+        assert usage(node, customer, "f-calls") == 5
