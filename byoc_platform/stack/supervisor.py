@@ -73,6 +73,9 @@ def _child_setup() -> None:
 
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as servers set it: a port with connections in TIME_WAIT (a component
+        # just killed) is free to listen on again; an active listener still makes bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -113,6 +116,7 @@ class Supervisor:
         self.on_event = on_event or (lambda message: log.info("%s", message))
         self.running: dict[str, Running] = {}
         self.dead: dict[str, Running] = {}  # exited and not restarted
+        self._pending: dict[str, tuple[deque[float], float]] = {}  # restarts due, and when
         self._lock = threading.RLock()
         self.logs_dir = settings.component_dir("logs")
         self._settings_file = settings.data_dir / "settings.yaml"
@@ -165,8 +169,11 @@ class Supervisor:
         try:
             component.prepare(s)
             command = component.command(s)
+            cwd = s.component_dir(component.name)
         except FileNotFoundError as exc:
             raise ComponentFailed(component.name, str(exc), None) from exc
+        except OSError as exc:
+            raise ComponentFailed(component.name, f"cannot prepare its data: {exc}", None) from exc
         with open(log_path, "ab") as out:
             out.write(
                 f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
@@ -179,7 +186,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                cwd=s.component_dir(component.name),
+                cwd=cwd,
                 env=self._child_env(component),
                 preexec_fn=_child_setup,
             )
@@ -190,11 +197,17 @@ class Supervisor:
         running = Running(component, process, log_path, time.time(), restarts or deque())
         with self._lock:
             self.running[component.name] = running
-        self._wait_healthy(running)
         try:
-            component.bootstrap(s)
-        except Exception as exc:
-            raise ComponentFailed(component.name, f"bootstrap failed: {exc}", log_path) from exc
+            self._wait_healthy(running)
+            try:
+                component.bootstrap(s)
+            except Exception as exc:
+                raise ComponentFailed(component.name, f"bootstrap failed: {exc}", log_path) from exc
+        except BaseException:
+            with self._lock:
+                self.running.pop(component.name, None)
+            self._terminate(running)
+            raise
         self.on_event(f"{component.name} healthy (pid {process.pid}) {component.endpoint(s)}")
 
     def _wait_healthy(self, running: Running) -> None:
@@ -263,48 +276,56 @@ class Supervisor:
 
     def check(self) -> None:
         """Restart children that died (or raise when a child keeps dying)."""
+        now = time.time()
         for component in self.components:
+            name = component.name
             with self._lock:
-                running = self.running.get(component.name)
-                if running is None:
-                    continue
+                running = self.running.get(name)
+            if running is not None:
                 code = running.process.poll()
-            if code is None:
-                continue
-            # Reap the rest of its process group before starting a new one.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(running.process.pid, signal.SIGKILL)
-            if not self.restart:
-                # Keep the rest running; `byoc status` shows this one as down.
-                self.on_event(
-                    f"{component.name} exited with code {code}; not restarting "
-                    f"(restarts disabled; log: {running.log_path})"
-                )
+                if code is None:
+                    continue
+                # Reap the rest of its process group before starting a new one.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(running.process.pid, signal.SIGKILL)
                 with self._lock:
-                    self.running.pop(component.name, None)
-                    self.dead[component.name] = running
+                    self.running.pop(name, None)
+                if not self.restart:
+                    # Keep the rest running; `byoc status` shows this one as down.
+                    self.dead[name] = running
+                    self.on_event(
+                        f"{name} exited with code {code}; not restarting "
+                        f"(restarts disabled; log: {running.log_path})"
+                    )
+                    self.write_state()
+                    continue
+                self.on_event(
+                    f"{name} exited with code {code}; restarting (log: {running.log_path})"
+                )
+                self._pending[name] = (running.restarts, now)
                 self.write_state()
+            if name not in self._pending or now < self._pending[name][1]:
                 continue
-            now = time.time()
-            restarts = running.restarts
+            restarts = self._pending[name][0]
             while restarts and now - restarts[0] > self.restart_window_s:
                 restarts.popleft()
             if len(restarts) >= self.max_restarts:
                 raise ComponentFailed(
-                    component.name,
-                    f"exited with code {code} and was restarted {len(restarts)} times in "
+                    name,
+                    f"died and was restarted {len(restarts)} times in "
                     f"{self.restart_window_s:.0f}s; giving up",
-                    running.log_path,
+                    self.logs_dir / f"{name}.log",
                 )
             restarts.append(now)
-            self.on_event(
-                f"{component.name} exited with code {code}; restarting "
-                f"(restart {len(restarts)}, log: {running.log_path})"
-            )
-            with self._lock:
-                self.running.pop(component.name, None)
-            self.write_state()
-            self._start(component, restarts)
+            try:
+                self._start(component, restarts)
+            except ComponentFailed as exc:
+                # E.g. a dependency is restarting too: try again shortly.
+                self.on_event(f"restart {len(restarts)} of {name} failed: {exc}; retrying")
+                self._pending[name] = (restarts, time.time() + 2.0)
+                continue
+            del self._pending[name]
+            self.on_event(f"{name} restarted (restart {len(restarts)})")
             self.write_state()
 
     def run_forever(self, poll_s: float = 0.5) -> None:
