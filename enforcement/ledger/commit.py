@@ -1,0 +1,223 @@
+"""Group commit: the threads of one process take turns leading a write transaction that
+applies every operation queued so far, so concurrent callers share one BEGIN/COMMIT (and one
+fsync) instead of queueing for the database's write lock one by one.
+
+Leader/follower without a background thread: a caller enqueues its operation; if nobody leads,
+it leads: it takes the queue, runs the batch in one transaction, wakes the callers whose
+operations it ran, and hands leadership to the oldest caller still waiting (or steps down).
+A caller's result is only returned after the transaction holding it committed.
+
+Failure handling: a refusal (LedgerError) is an outcome of its operation and does not disturb
+the others. A database error aborts the whole transaction; transient ones (lock timeouts,
+serialization failures, deadlocks) are retried, and if a batch of several still fails, each of
+its operations is retried alone, so one bad operation cannot sink the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from enforcement.ledger.errors import LedgerError
+from enforcement.ledger.unit import Unit
+
+log = logging.getLogger(__name__)
+
+# SQLSTATEs worth retrying: serialization_failure, deadlock_detected, lock_not_available.
+_RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+class Op(Protocol):
+    exclusive: bool
+
+    @property
+    def wallet_ids(self) -> tuple[str, ...]: ...
+
+    def prefetch_key(self) -> tuple[str, ...] | None: ...
+
+    def apply(self, unit: Unit) -> Any: ...
+
+
+def is_transient(error: BaseException) -> bool:
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate in _RETRY_SQLSTATES:
+        return True
+    message = str(error.orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+class _Pending:
+    __slots__ = ("done", "error", "event", "op", "result")
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+        self.event = threading.Event()
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        self.result, self.error, self.done = result, error, True
+        self.event.set()
+
+
+class Committer:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 256,
+        retries: int = 8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._retries = retries
+        self._on_batch = on_batch
+        self._mu = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self._conn: Connection | None = None
+
+    def run(self, op: Op) -> Any:
+        pending = _Pending(op)
+        with self._mu:
+            self._queue.append(pending)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            pending.event.wait()
+            if pending.done:
+                return self._outcome(pending)
+            # Woken without a result: leadership was handed to us.
+        try:
+            with self._mu:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            self._execute(batch)
+        finally:
+            with self._mu:
+                if self._queue:
+                    self._queue[0].event.set()  # the oldest waiter leads next
+                else:
+                    self._leading = False
+        return self._outcome(pending)
+
+    @staticmethod
+    def _outcome(pending: _Pending) -> Any:
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def close(self) -> None:
+        with self._mu:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # --- leader side -----------------------------------------------------------------------
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            group: list[_Pending] = []
+            for pending in batch:
+                if pending.op.exclusive:
+                    if group:
+                        self._run_group(group)
+                        group = []
+                    self._run_group([pending])
+                else:
+                    group.append(pending)
+            if group:
+                self._run_group(group)
+        except BaseException as error:  # never leave a caller waiting forever
+            for pending in batch:
+                if not pending.done:
+                    pending.finish(None, error)
+            raise
+
+    def _run_group(self, group: list[_Pending]) -> None:
+        delay = 0.001
+        for attempt in range(self._retries + 1):
+            try:
+                outcomes = self._transact([p.op for p in group])
+            except Exception as error:
+                self._drop_connection()
+                if is_transient(error) and attempt < self._retries:
+                    log.info("ledger transaction retry %d after %s", attempt + 1, error)
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.1)
+                    continue
+                if len(group) > 1:
+                    log.warning(
+                        "ledger batch of %d failed (%s); retrying its operations one by one",
+                        len(group),
+                        error,
+                    )
+                    for pending in group:
+                        self._run_group([pending])
+                    return
+                log.error("ledger operation %r failed: %s", group[0].op, error)
+                group[0].finish(None, error)
+                return
+            for pending, (result, error) in zip(group, outcomes, strict=True):
+                pending.finish(result, error)
+            if self._on_batch is not None:
+                self._on_batch(len(group))
+            return
+
+    def _writer(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(ledger_begin="IMMEDIATE")
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # a broken connection may fail to close; it is discarded anyway
+                log.debug("closing a failed ledger connection", exc_info=True)
+            self._conn = None
+
+    def _transact(self, ops: list[Op]) -> list[tuple[Any, LedgerError | None]]:
+        conn = self._writer()
+        outcomes: list[tuple[Any, LedgerError | None]] = []
+        with conn.begin():
+            unit = Unit(conn)
+            unit.lock(w for op in ops for w in op.wallet_ids)
+            _prefetch(unit, ops)
+            for op in ops:
+                try:
+                    outcomes.append((op.apply(unit), None))
+                except LedgerError as refusal:
+                    outcomes.append((None, refusal))
+            unit.flush()
+        return outcomes
+
+
+def _prefetch(unit: Unit, ops: list[Op]) -> None:
+    """One query per (environment, customer) for idempotency keys, instead of one per op."""
+    keys: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for op in ops:
+        key = op.prefetch_key()
+        if key is not None:
+            keys[key[:-1]].append(key[-1])
+    for scope, names in keys.items():
+        if len(names) < 2:
+            continue  # a single lookup happens lazily anyway
+        if scope[0] == "consumption":
+            unit.prefetch_consumptions(scope[1], scope[2], names)
+        else:
+            unit.prefetch_reservations(scope[1], names)

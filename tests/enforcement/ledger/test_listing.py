@@ -1,0 +1,112 @@
+"""The ledger listing and the grant list: contract event types, filters, cursor pagination."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcement.ledger import InvalidInput, Ledger
+from tests.enforcement.ledger.conftest import T0
+from tests.enforcement.ledger.helpers import CURRENCY, CUSTOMER, ENV, at, consume, grant
+
+
+def walk(ledger: Ledger, **kw: object) -> list[str]:
+    """Event ids newest first, page by page via `next`."""
+    seen: list[str] = []
+    after = None
+    while True:
+        page = ledger.ledger_events(ENV, CUSTOMER, after=after, limit=3, **kw)  # type: ignore[arg-type]
+        seen += [e.event_id for e in page.data]
+        if page.next is None:
+            return seen
+        after = page.next
+
+
+def populate(ledger: Ledger) -> None:
+    grant(ledger, "g1", 10)
+    grant(ledger, "g2", 10, currency_id="tokens")
+    for n in range(5):
+        consume(ledger, 1, f"k{n}", now=at(minutes=n))
+    ledger.reserve(ENV, CUSTOMER, CURRENCY, 2, "r", ttl_s=600, now=at(minutes=6))
+    ledger.release(ENV, "r", 1, now=at(minutes=7))
+    ledger.void_grant(ENV, "g2", now=at(minutes=8))
+
+
+def test_pages_cover_every_event_once_newest_first(ledger: Ledger) -> None:
+    populate(ledger)
+    everything = ledger.ledger_events(ENV, CUSTOMER, limit=100)
+    assert [e.event_type for e in everything.data] == [
+        "CREDITS_VOIDED",
+        "CREDITS_RESERVATION_RELEASED",
+        "CREDITS_RESERVED",
+        *["CREDITS_CONSUMED"] * 5,
+        "CREDITS_GRANTED",
+        "CREDITS_GRANTED",
+    ]
+    assert everything.next is None and everything.prev is None
+    assert walk(ledger) == [e.event_id for e in everything.data]
+
+
+def test_prev_pages_back_to_newer_events(ledger: Ledger) -> None:
+    populate(ledger)
+    first = ledger.ledger_events(ENV, CUSTOMER, limit=4)
+    second = ledger.ledger_events(ENV, CUSTOMER, limit=4, after=first.next)
+    back = ledger.ledger_events(ENV, CUSTOMER, limit=4, before=second.prev)
+    assert first.prev is None and second.prev is not None
+    assert [e.event_id for e in back.data] == [e.event_id for e in first.data]
+    assert back.prev is None and back.next == first.next
+
+
+def test_filters(ledger: Ledger) -> None:
+    populate(ledger)
+    tokens = ledger.ledger_events(ENV, CUSTOMER, "tokens").data
+    assert [e.event_type for e in tokens] == ["CREDITS_VOIDED", "CREDITS_GRANTED"]
+    held = ledger.ledger_events(ENV, reservation_id="r").data
+    assert [e.event_type for e in held] == ["CREDITS_RESERVATION_RELEASED", "CREDITS_RESERVED"]
+    types = ledger.ledger_events(ENV, event_types=["CREDITS_GRANTED", "CREDITS_VOIDED"]).data
+    assert len(types) == 3
+    assert ledger.ledger_events(ENV, "someone-else").data == []
+    assert ledger.ledger_events("staging", CUSTOMER).data == []
+
+
+def test_api_shape_matches_the_contract(ledger: Ledger) -> None:
+    populate(ledger)
+    body = ledger.ledger_events(ENV, CUSTOMER, limit=2).to_api()
+    assert set(body) == {"data", "pagination"} and set(body["pagination"]) == {"next", "prev"}
+    voided = body["data"][0]
+    assert voided["eventType"] == "CREDITS_VOIDED" and voided["amount"] == -10.0
+    assert voided["creditGrantId"] == "g2" and voided["creditCurrencyId"] == "tokens"
+    assert voided["customerId"] == CUSTOMER and voided["timestamp"] == "2025-01-01T00:08:00Z"
+    released = body["data"][1]
+    assert released["holdReturnedAmount"] == 2.0 and released["reservationId"] == "r"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"after": "abc"},
+        {"before": "-1"},
+        {"after": "1", "before": "2"},
+        {"limit": 0},
+        {"limit": 1001},
+        {"event_types": ["CREDITS_STOLEN"]},
+    ],
+)
+def test_bad_paging_arguments_are_refused(ledger: Ledger, kw: dict) -> None:
+    with pytest.raises(InvalidInput):
+        ledger.ledger_events(ENV, CUSTOMER, **kw)
+
+
+def test_grant_list_pages_and_scopes_by_resource(ledger: Ledger) -> None:
+    for n in range(5):
+        grant(ledger, f"g{n}", n + 1)
+    grant(ledger, "team", 3, resource_id="team-a")
+    grant(ledger, "tok", 3, currency_id="tokens")
+    first = ledger.list_grants(ENV, CUSTOMER, CURRENCY, limit=3, now=T0)
+    rest = ledger.list_grants(ENV, CUSTOMER, CURRENCY, limit=3, after=first.next, now=T0)
+    assert [g.id for g in first.data + rest.data] == ["g4", "g3", "g2", "g1", "g0"]
+    assert rest.next is None
+    assert [g.id for g in ledger.list_grants(ENV, CUSTOMER, resource_id="team-a").data] == ["team"]
+    assert len(ledger.list_grants(ENV, CUSTOMER).data) == 6  # all currencies, no resource
+    body = first.to_api()
+    assert body["data"][0]["id"] == "g4" and body["data"][0]["status"] == "ACTIVE"
+    assert body["pagination"]["next"] == first.next
