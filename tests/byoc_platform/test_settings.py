@@ -60,7 +60,7 @@ def test_yaml_file_is_read_and_env_still_wins(
 
 def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BYOC_KAFKA__PARTITIONS", "0")
-    with pytest.raises(ValidationError, match="kafka.partitions"):
+    with pytest.raises(ValidationError, match=r"kafka\.partitions"):
         Settings()
 
 
