@@ -1,5 +1,6 @@
 import sys
 from pathlib import Path
 
-# the shared stream fixture's loader lives beside its data
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fixtures" / "stream"))
+HERE = Path(__file__).resolve().parent
+# the shared stream fixture's loader lives beside its data; engine_builders lives here
+sys.path[:0] = [str(HERE.parents[1] / "fixtures" / "stream"), str(HERE)]
