@@ -1,0 +1,81 @@
+"""`byoc stream` as the stack supervisor runs it: health, readiness, metrics, a bad record
+skipped without harm, and a clean exit on SIGTERM with everything checkpointed."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from byoc_platform import clients
+from byoc_platform.events import SCHEMA_VERSION, EventBatch, UsageEvent, encode_batch, record_key
+from byoc_platform.stack.supervisor import Supervisor
+from tests.stack_fixtures import Stack
+from tests.streaming.processor.harness import isolated_settings, wait_checkpointed
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
+    infra: Stack, tmp_path: Path
+) -> None:
+    s = isolated_settings(infra.settings, tmp_path / "stack")
+    environment = f"env-comp-{uuid.uuid4().hex[:8]}"
+    base = f"http://{s.host}:{s.ports.stream}"
+    supervisor = Supervisor(s, ["stream"], restart=False)
+    supervisor.start()  # returns once /healthz answers
+    try:
+        process = supervisor.running["stream"].process
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, body = _get(f"{base}/readyz")
+        assert status == 200, body
+        assert json.loads(body)["partitions"] == [0, 1, 2, 3]
+        assert _get(f"{base}/healthz")[0] == 200
+
+        producer = Producer(clients.producer_config(s))
+        key = record_key(environment, "cust")
+        event = UsageEvent(customerId="cust", eventName="api.call", idempotencyKey="k", timestamp=1)
+        offsets: dict[int, int] = {}
+
+        def delivered(err: object, msg: object) -> None:
+            offsets[msg.partition()] = msg.offset() + 1  # type: ignore[attr-defined]
+
+        producer.produce(s.kafka.events_topic, key=key, value=b"{not json", on_delivery=delivered)
+        producer.produce(
+            s.kafka.events_topic,
+            key=key,
+            value=encode_batch(EventBatch(SCHEMA_VERSION, environment, 2, [event])),
+            on_delivery=delivered,
+        )
+        assert producer.flush(30) == 0
+        wait_checkpointed(s, offsets)
+
+        _, metrics = _get(f"{base}/metrics")
+        assert "byoc_stream_bad_records_total 1.0" in metrics
+        assert "byoc_stream_events_durable_total 1.0" in metrics
+        assert 'byoc_stream_rows_written_total{table="usage_events"} 1.0' in metrics
+    finally:
+        supervisor.stop()
+    assert process.returncode == 0
+    ch = infra.clickhouse()
+    rows = ch.query(
+        f"SELECT idempotency_key FROM {s.clickhouse.database}.usage_events "
+        "WHERE environment = {env:String}",
+        parameters={"env": environment},
+    ).result_rows
+    assert rows == [("k",)]
