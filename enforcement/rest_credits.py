@@ -178,6 +178,8 @@ class CreditRoutes:
             raise p.bad("grantType must be PAID or PROMOTIONAL")
         amount = p.number(body.get("amount"), "amount", positive=True)
         priority = body.get("priority", 50)
+        if isinstance(priority, float) and priority.is_integer():
+            priority = int(priority)  # JSON 5.0 is the integer 5
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise p.bad("priority must be an integer from 0 to 100")
         method = body.get("paymentCollectionMethod", "NONE")
@@ -236,8 +238,8 @@ class CreditRoutes:
             customer_id,
             p.query_str(q, "currencyId"),
             p.query_str(q, "resourceId"),
-            after=p.query_str(q, "after"),
-            before=p.query_str(q, "before"),
+            after=p.query_cursor(q, "after"),
+            before=p.query_cursor(q, "before"),
             limit=p.query_int(q, "limit", 1, MAX_PAGE) or 20,
         )
         extras = await self._run(self.c.store.grant_extras, env, [g.id for g in page.data])
@@ -429,8 +431,8 @@ class CreditRoutes:
             resource_id=p.query_str(q, "resourceId"),
             reservation_id=p.query_str(q, "reservationId"),
             event_types=types,
-            after=p.query_str(q, "after"),
-            before=p.query_str(q, "before"),
+            after=p.query_cursor(q, "after"),
+            before=p.query_cursor(q, "before"),
             limit=p.query_int(q, "limit", 1, MAX_PAGE) or 20,
         )
         return json(page.to_api())

@@ -59,7 +59,10 @@ def number(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad(f"{name} must be a number")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer too large for a double
+        raise bad(f"{name} is out of range") from None
     if not math.isfinite(result):
         raise bad(f"{name} must be a finite number")
     if positive and result <= 0:
@@ -80,6 +83,16 @@ def query_number(
     except ValueError:
         raise bad(f"{name} must be a number, got {raw[:40]!r}") from None
     return number(value, name, minimum=minimum, positive=positive)
+
+
+def query_cursor(params: QueryParams, name: str) -> str | None:
+    """A page cursor as the ledger returns them: decimal digits of a 64-bit sequence."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise bad(f"{name} must be a cursor returned by a previous page")
+    return raw
 
 
 def query_int(params: QueryParams, name: str, lo: int, hi: int) -> int | None:
@@ -110,12 +123,20 @@ def time_value(value: object, name: str) -> float:
         raise bad(f"{name} must be an ISO-8601 date-time string")
     try:
         return parse_time(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise bad(f"{name} must be an ISO-8601 date-time, got {value[:40]!r}") from None
 
 
-async def json_object(request: Request) -> dict[str, Any]:
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+async def json_object(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"request body is larger than {max_bytes} bytes", retryable=False)
     body = await request.body()
+    if len(body) > max_bytes:
+        raise ApiError(413, f"request body is larger than {max_bytes} bytes", retryable=False)
     if not body:
         raise bad("request body is required (a JSON object)")
     try:

@@ -117,3 +117,38 @@ def test_unknown_key_is_401(runtime: Runtime) -> None:
         rest(runtime, "byoc_not-a-real-key").v1.customers.check_entitlement(
             "c-pro", feature_id="f-sso"
         )
+
+
+def test_openapi_documents_every_enforcement_route(runtime: Runtime) -> None:
+    with runtime.http() as http:
+        paths = http.get("/openapi.json").json()["paths"]
+    expected = {
+        "/api/v1/customers/{id}/entitlements/check": "get",
+        "/api/v1/customers/{id}/entitlements": "get",
+        "/api/v1/credits/grants": "post",
+        "/api/v1/credits/grants/{id}/void": "post",
+        "/api/v1/credits/consumption": "post",
+        "/api/v1/credits/consumption/async": "post",
+        "/api/v1/credits/reservations/{id}/release": "post",
+        "/api/v1/credits/ledger": "get",
+    }
+    for path, method in expected.items():
+        operation = paths[path][method]
+        assert {"200", "400", "401"} <= set(operation["responses"])
+    assert "get" in paths["/api/v1/credits/grants"]
+
+
+def test_oversized_numbers_and_cursors_are_400_not_500(runtime: Runtime) -> None:
+    with runtime.http() as http:
+        huge = http.post(
+            "/api/v1/credits/consumption",
+            content=b'{"amount": 1' + b"0" * 400 + b', "currencyId": "credits", '
+            b'"customerId": "c-pro", "idempotencyKey": "huge"}',
+            headers={"content-type": "application/json"},
+        )
+        assert huge.status_code == 400
+        cursor = http.get(
+            "/api/v1/credits/ledger", params={"customerId": "c-pro", "after": "9" * 19}
+        )
+        assert cursor.status_code == 400
+        assert "after" in cursor.json()["error"]["message"]
