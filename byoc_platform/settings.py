@@ -76,6 +76,9 @@ class KmsSettings(BaseModel):
     endpoint: str | None = None  # default: http://host:ports.kms
     region: str = "us-east-1"
     key_alias: str = "alias/byoc-archive"
+    # Column key of the PII-bearing columns of archived Parquet (customer and resource ids,
+    # labels, dimensions): a key of its own, so access to PII is granted apart from the rest.
+    pii_key_alias: str = "alias/byoc-archive-pii"
 
 
 class ApiSettings(BaseModel):
@@ -146,6 +149,11 @@ class RetentionSettings(BaseModel):
     rollup_lag_minutes: int = Field(default=10, ge=0)
 
 
+class QualitySettings(BaseModel):
+    # The freshness check of usage_events fails when nothing was ingested for this long.
+    source_freshness_minutes: int = Field(default=60, ge=1)
+
+
 class Settings(BaseSettings):
     """Configuration of one byoc-platform deployment."""
 
@@ -170,6 +178,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = LedgerSettings()
     control_plane: ControlPlaneSettings = ControlPlaneSettings()
     retention: RetentionSettings = RetentionSettings()
+    quality: QualitySettings = QualitySettings()
     enforcement: EnforcementSettings = EnforcementSettings()
 
     @classmethod

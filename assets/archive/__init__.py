@@ -1,0 +1,1 @@
+"""The cold tier: raw events as encrypted Parquet on object storage, verified, restorable."""

@@ -1,0 +1,60 @@
+"""Partitions of the assets (UTC) and conversions between partition keys and times."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from dagster import DailyPartitionsDefinition, HourlyPartitionsDefinition
+
+# The first hour the platform can hold data for; backfills reach back to here.
+PARTITIONS_START = "2025-01-01"
+
+HOURLY = HourlyPartitionsDefinition(start_date=f"{PARTITIONS_START}-00:00", timezone="UTC")
+DAILY = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # HourlyPartitionsDefinition's keys: 2026-01-01-13:00
+DAY_KEY_FORMAT = "%Y-%m-%d"
+
+
+def hour_start(partition_key: str) -> datetime:
+    return datetime.strptime(partition_key, HOUR_KEY_FORMAT).replace(tzinfo=UTC)
+
+
+def hour_key(hour: datetime) -> str:
+    return floor_hour(hour).strftime(HOUR_KEY_FORMAT)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def day_start(partition_key: str) -> datetime:
+    return datetime.strptime(partition_key, DAY_KEY_FORMAT).replace(tzinfo=UTC)
+
+
+def day_key(moment: datetime | date) -> str:
+    return moment.strftime(DAY_KEY_FORMAT)
+
+
+def parse_hour(text: str) -> datetime:
+    """An hour given by a user: ``2026-01-01T13``, ``2026-01-01T13:00``, or a partition key."""
+    text = text.strip().replace(" ", "T")
+    for fmt in ("%Y-%m-%dT%H", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", HOUR_KEY_FORMAT):
+        try:
+            parsed = datetime.strptime(text.removesuffix("Z"), fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if parsed != floor_hour(parsed):
+            raise ValueError(f"{text!r} is not the start of an hour")
+        return parsed
+    raise ValueError(f"{text!r} is not an hour; expected e.g. 2026-01-01T13 (UTC)")
+
+
+def hours_of_day(day: datetime) -> list[datetime]:
+    return [day + timedelta(hours=h) for h in range(24)]
+
+
+def ch_time(moment: datetime) -> str:
+    """A UTC time as ClickHouse parses DateTime parameters."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

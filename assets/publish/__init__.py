@@ -1,0 +1,1 @@
+"""Publishing hourly rollups to the control plane, exactly once (invariant 4)."""

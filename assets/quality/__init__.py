@@ -1,0 +1,1 @@
+"""Data quality: reconciliation, expectations, freshness, archive counts, coverage."""

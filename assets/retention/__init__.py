@@ -1,0 +1,1 @@
+"""Retention of the hot tier (ClickHouse partitions) and of the cold tier (archive objects)."""

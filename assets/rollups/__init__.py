@@ -1,0 +1,1 @@
+"""Hourly usage rollups per (environment, customer, resource, feature)."""
