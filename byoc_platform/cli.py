@@ -108,7 +108,10 @@ def up(
         raise typer.Exit(1)
     started = time.monotonic()
     supervisor = Supervisor(
-        settings, only, restart=restart, on_event=lambda m: console.print(f"  {m}")
+        settings,
+        only,
+        restart=restart,
+        on_event=lambda m: console.print(f"  [{time.monotonic() - started:6.1f}s] {m}"),
     )
     console.print(f"starting the byoc stack in {settings.data_dir} ...")
     try:
