@@ -26,29 +26,53 @@ class Dimensions(NamedTuple):
     json: str  # the original dimensions, compact JSON with sorted keys
 
 
-_NO_DIMENSIONS = Dimensions({}, {}, EMPTY_JSON, EMPTY_JSON)
+_NO_DIMENSIONS = ({}, {}, EMPTY_JSON, EMPTY_JSON)
+
+
+class DimensionDescriber:
+    """:func:`describe` with a bounded cache of labels_key texts.
+
+    Dimension sets repeat (a handful per product) while numeric values vary per event, so
+    the labels' canonical text is cached by the labels' items; the cache is cleared when
+    full, which keeps memory bounded whatever the cardinality.
+    """
+
+    __slots__ = ("_keys", "max_entries")
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._keys: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def __call__(self, dimensions: dict[str, DimensionValue]) -> Dimensions:
+        if not dimensions:
+            return _NO_DIMENSIONS  # type: ignore[return-value]
+        labels: dict[str, str] = {}
+        values: dict[str, float] = {}
+        for name, value in dimensions.items():
+            kind = type(value)
+            if kind is str:
+                labels[name] = value  # type: ignore[assignment]
+            elif kind is int or kind is float:
+                values[name] = float(value)
+            elif kind is bool or isinstance(value, bool):
+                labels[name] = "true" if value else "false"
+            elif isinstance(value, int | float):
+                values[name] = float(value)
+            else:
+                labels[name] = str(value)
+        if labels:
+            items = tuple(labels.items())
+            lkey = self._keys.get(items)
+            if lkey is None:
+                if len(self._keys) >= self.max_entries:
+                    self._keys.clear()
+                lkey = self._keys[items] = _sorted_encoder.encode(labels).decode()
+        else:
+            lkey = EMPTY_JSON
+        # a plain tuple (same fields as Dimensions): NamedTuple construction costs 3x more
+        return labels, values, lkey, _sorted_encoder.encode(dimensions).decode()  # type: ignore[return-value]
 
 
 def describe(dimensions: dict[str, DimensionValue]) -> Dimensions:
-    """Split and canonicalise one event's dimensions (inlined split_dimensions, for speed)."""
-    if not dimensions:
-        return _NO_DIMENSIONS
-    labels: dict[str, str] = {}
-    values: dict[str, float] = {}
-    for name, value in dimensions.items():
-        kind = type(value)
-        if kind is str:
-            labels[name] = value  # type: ignore[assignment]
-        elif kind is bool:
-            labels[name] = "true" if value else "false"
-        elif kind is int or kind is float:
-            values[name] = float(value)
-        elif isinstance(value, bool):
-            labels[name] = "true" if value else "false"
-        elif isinstance(value, int | float):
-            values[name] = float(value)
-        else:
-            labels[name] = str(value)
-    encode = _sorted_encoder.encode
-    lkey = encode(labels).decode() if labels else EMPTY_JSON
-    return Dimensions(labels, values, lkey, encode(dimensions).decode())
+    """Split and canonicalise one event's dimensions (uncached; see DimensionDescriber)."""
+    return Dimensions(*DimensionDescriber(max_entries=0)(dimensions))

@@ -17,6 +17,7 @@ Time conventions (the Flink job's, so that both engines classify every event ali
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from byoc_platform.events import EventBatch, decode_batch
 from streaming.engine.config import EngineConfig
 from streaming.engine.dedup import DedupIndex
-from streaming.engine.dimensions import describe
+from streaming.engine.dimensions import DimensionDescriber
 from streaming.engine.rows import EventRow, LateHourRow, MinuteRow
 from streaming.engine.state import DedupEntry, PartitionState, WindowState, decode_state
 from streaming.engine.windows import WindowAcc, WindowKey, late_rows
@@ -32,6 +33,8 @@ from streaming.engine.windows import WindowAcc, WindowKey, late_rows
 log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
+NO_WATERMARK = -(2**62)  # before the first event: nothing is late
+_NEVER = 2**62  # sentinel end in the heap of window ends, so the hot loop needs no emptiness test
 
 
 class PendingOutputError(RuntimeError):
@@ -86,20 +89,21 @@ class PartitionEngine:
         self.config = config
         self.counters = Counters()
         self._dedup = DedupIndex(config.dedup_window_ms)
-        self._watermark: int | None = None
+        self._watermark = NO_WATERMARK
+        self._describe = DimensionDescriber()
         self._next_offset: int | None = None
         self._windows: dict[WindowKey, WindowAcc] = {}
-        self._ends: list[int] = []  # heap of the distinct ends of open windows
+        self._ends: list[int] = [_NEVER]  # heap of the distinct ends of open windows
         self._by_end: dict[int, list[WindowKey]] = {}
         self._touched: dict[WindowKey, None] = {}  # ordered set: touched since last drain
-        self._journal: list[DedupEntry] = []  # dedup claims since the last checkpoint
+        self._claims = 0  # dedup claims since the last checkpoint: the newest in dedup.order
         self._out = Output()
         self._late_hours: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------ inspection
     @property
     def watermark(self) -> int | None:
-        return self._watermark
+        return None if self._watermark == NO_WATERMARK else self._watermark
 
     @property
     def next_offset(self) -> int | None:
@@ -125,33 +129,37 @@ class PartitionEngine:
             self.counters.skipped_records += 1
             return False
         self._next_offset = offset + 1
-        self.counters.records += 1
         environment = batch.environment
         received_at = batch.receivedAt
         dedup = self._dedup
         dedup.advance(received_at)
-        claim = dedup.claim
-        journal = self._journal
-        clock = dedup.clock
+        clock: int = dedup.clock  # type: ignore[assignment]
+        seen, order, ttl = dedup.seen, dedup.order, dedup.window_ms
         window_ms = self.config.window_ms
+        window_last = window_ms - 1
         ooo = self.config.out_of_orderness_ms
         windows = self._windows
         touched = self._touched
         events_out = self._out.events
-        counters = self.counters
+        describe = self._describe
+        wm = self._watermark
+        accepted = duplicates = late = 0
+        # The hot loop: locals only, dedup inlined (DedupIndex.claim's rule).
         for event in batch.events:
             customer = event.customerId
             idem = event.idempotencyKey
             key = (environment, customer, idem)
-            if not claim(key):
-                counters.duplicates += 1
+            first = seen.get(key)
+            if first is not None and clock - first < ttl:
+                duplicates += 1
                 continue
-            journal.append((environment, customer, idem, clock))  # type: ignore[arg-type]
-            counters.events += 1
+            seen[key] = clock
+            order.append((clock, key))  # also the checkpoint journal: see checkpoint()
+            accepted += 1
             ts = event.timestamp
             resource = event.resourceId or ""
             name = event.eventName
-            dims = describe(event.dimensions)
+            labels, values, labels_key, dims_json = describe(event.dimensions)
             events_out.append(
                 EventRow(
                     environment,
@@ -161,39 +169,79 @@ class PartitionEngine:
                     idem,
                     ts,
                     received_at,
-                    dims.labels,
-                    dims.values,
-                    dims.json,
+                    labels,
+                    values,
+                    dims_json,
                 )
             )
             start = ts - ts % window_ms
-            wkey = (environment, customer, resource, name, dims.labels_key, start)
-            wm = self._watermark
-            if wm is not None and start + window_ms - 1 <= wm:
-                counters.late += 1
-                self._out.minutes.extend(late_rows(wkey, dims.labels, ts, dims.values, idem))
-                hour = (environment, ts - ts % HOUR_MS)
-                if self._late_hours.get(hour, received_at - 1) < received_at:
-                    self._late_hours[hour] = received_at
+            wkey = (environment, customer, resource, name, labels_key, start)
+            if start + window_last <= wm:
+                late += 1
+                self._late(wkey, labels, ts, values, idem, received_at)
             else:
                 acc = windows.get(wkey)
                 if acc is None:
-                    acc = windows[wkey] = WindowAcc(dims.labels)
-                    end = start + window_ms
-                    keys = self._by_end.get(end)
-                    if keys is None:
-                        self._by_end[end] = [wkey]
-                        heapq.heappush(self._ends, end)
-                    else:
-                        keys.append(wkey)
-                acc.add(ts, dims.values)
+                    acc = windows[wkey] = WindowAcc(labels, ts)
+                    self._register(wkey, start + window_ms)
+                # WindowAcc.add inlined (the hot loop's largest cost was this call)
+                counts = acc.events
+                counts[0] += 1
+                if ts < counts[1]:
+                    counts[1] = ts
+                elif ts > counts[2]:
+                    counts[2] = ts
+                if values:
+                    metrics = acc.metrics
+                    for metric, value in values.items():
+                        m = metrics.get(metric)
+                        if m is None:
+                            metrics[metric] = [1, value, value, value, ts, ts]
+                            continue
+                        m[0] += 1
+                        m[1] += value
+                        if value < m[2]:
+                            m[2] = value
+                        if value > m[3]:
+                            m[3] = value
+                        if ts < m[4]:
+                            m[4] = ts
+                        elif ts > m[5]:
+                            m[5] = ts
                 touched[wkey] = None
-            candidate = ts - ooo
-            if wm is None or candidate > wm:
-                self._watermark = candidate
-                if self._ends and self._ends[0] - 1 <= candidate:
-                    self._close_through(candidate)
+            if ts - ooo > wm:
+                wm = self._watermark = ts - ooo
+                if self._ends[0] - 1 <= wm:  # the heap always holds the _NEVER sentinel
+                    self._close_through(wm)
+        self._claims += accepted
+        counters = self.counters
+        counters.records += 1
+        counters.events += accepted
+        counters.duplicates += duplicates
+        counters.late += late
         return True
+
+    def _register(self, wkey: WindowKey, end: int) -> None:
+        keys = self._by_end.get(end)
+        if keys is None:
+            self._by_end[end] = [wkey]
+            heapq.heappush(self._ends, end)
+        else:
+            keys.append(wkey)
+
+    def _late(
+        self,
+        wkey: WindowKey,
+        labels: dict[str, str],
+        ts: int,
+        values: dict[str, float],
+        idem: str,
+        received_at: int,
+    ) -> None:
+        self._out.minutes.extend(late_rows(wkey, labels, ts, values, idem))
+        hour = (wkey[0], ts - ts % HOUR_MS)
+        if self._late_hours.get(hour, received_at - 1) < received_at:
+            self._late_hours[hour] = received_at
 
     def _close_through(self, watermark: int) -> None:
         ends, windows, touched, minutes = (
@@ -202,7 +250,7 @@ class PartitionEngine:
             self._touched,
             self._out.minutes,
         )
-        while ends and ends[0] - 1 <= watermark:
+        while ends[0] - 1 <= watermark and ends[0] != _NEVER:
             end = heapq.heappop(ends)
             for wkey in self._by_end.pop(end):
                 acc = windows.pop(wkey)
@@ -229,7 +277,7 @@ class PartitionEngine:
         """Close every open window regardless of the watermark (end of a bounded input).
 
         The state is otherwise unchanged; only for tests and one-shot backfills."""
-        self._close_through(2**62)
+        self._close_through(_NEVER - 2)
         return self.drain()
 
     # ------------------------------------------------------------------ state
@@ -243,7 +291,7 @@ class PartitionEngine:
         return PartitionState(
             partition=self.partition,
             next_offset=self._next_offset,
-            watermark=self._watermark,
+            watermark=self.watermark,
             clock=self._dedup.clock,
             windows=[WindowState(list(k), acc.to_list()) for k, acc in self._windows.items()],
             touched=[list(k) for k in self._touched],
@@ -253,14 +301,19 @@ class PartitionEngine:
     def snapshot(self) -> bytes:
         """The whole state (dedup entries included) as bytes; restore with :meth:`restore`."""
         self._check_drained()
-        self._journal = []
+        self._claims = 0
         return self._state(list(self._dedup.entries())).encode()
 
     def checkpoint(self) -> Checkpoint:
         """Incremental state: the small part as bytes plus the dedup changes since the last
         checkpoint (or snapshot). Restore with :meth:`restore` and all live dedup entries."""
         self._check_drained()
-        added, self._journal = self._journal, []
+        order = self._dedup.order
+        # the newest claims are the tail of the claim order (older ones, if evicted meanwhile,
+        # have expired and need not be stored)
+        fresh = itertools.islice(order, max(0, len(order) - self._claims), None)
+        added = [(e, c, k, t) for t, (e, c, k) in fresh]
+        self._claims = 0
         clock = self._dedup.clock
         return Checkpoint(
             partition=self.partition,
@@ -279,21 +332,14 @@ class PartitionEngine:
         decoded = decode_state(state)
         engine = cls(decoded.partition, config)
         engine._next_offset = decoded.next_offset
-        engine._watermark = decoded.watermark
+        engine._watermark = NO_WATERMARK if decoded.watermark is None else decoded.watermark
         engine._dedup = DedupIndex(config.dedup_window_ms, decoded.clock)
-        entries = [*decoded.dedup, *dedup]
-        entries.sort(key=lambda entry: entry[3])  # eviction pops the oldest first
-        engine._dedup.load(entries)
+        engine._dedup.load([*decoded.dedup, *dedup])
         engine._dedup.evict()
         for window in decoded.windows:
             wkey: WindowKey = tuple(window.key)  # type: ignore[assignment]
             engine._windows[wkey] = WindowAcc.from_list(window.acc)
-            end = wkey[5] + config.window_ms
-            if end in engine._by_end:
-                engine._by_end[end].append(wkey)
-            else:
-                engine._by_end[end] = [wkey]
-                heapq.heappush(engine._ends, end)
+            engine._register(wkey, wkey[5] + config.window_ms)
         engine._touched = {tuple(k): None for k in decoded.touched}  # type: ignore[misc]
         log.debug(
             "restored partition %s: next_offset=%s windows=%d dedup=%d",
