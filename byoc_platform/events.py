@@ -1,12 +1,17 @@
 """The usage-event model shared by ingestion, the stream processor and the Flink job.
 
 Kafka record format (schema version 1), topic ``usage.events`` and ``usage.deduped``:
-one record holds the events of ONE (environment, customer) from one request, so a batch of
-1000 events costs a handful of records instead of 1000 (per-record client cost dominates
-here; see docs/benchmarks.md). Record key: ``"{environment}/{customer_id}"`` (murmur2
-partitioning keeps one customer's events in order on one partition). Record value: JSON of
-:class:`EventBatch`. The Kafka record timestamp is the RECEIVE time, never the event time,
-so log retention cannot drop back-dated events (openmeter #5005).
+one record holds events of ONE environment from one request, so a batch of 1000 events costs
+a handful of records instead of 1000 (per-record cost dominates here; see
+docs/benchmarks-ingest.md). A customer's events always go to the partition of the key
+``"{environment}/{customer_id}"`` (librdkafka's default partitioner: CRC-32 of the key modulo
+the partition count), so one customer's events stay in order on one partition. A record holds
+either one customer's events, keyed by that key (gRPC ReportEvents, usage.deduped), or -- the
+REST/GraphQL ingestion, measured faster -- the events of every customer of the request that
+share a partition, produced to that partition explicitly and keyed by its first customer's
+key: consumers must route by each event's ``customerId``, never by the record key. Record
+value: JSON of :class:`EventBatch`. The Kafka record timestamp is the RECEIVE time, never the
+event time, so log retention cannot drop back-dated events (openmeter #5005).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class UsageEvent(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class EventBatch(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The value of one Kafka record: events of one environment and customer."""
+    """The value of one Kafka record: events of one environment (see the module docstring)."""
 
     v: int
     environment: str
@@ -95,7 +100,7 @@ def is_finite_number(value: float) -> bool:
 # REST ``/api/v2/usage`` and GraphQL ``ReportUsage``/``ReportUsageBulk`` carry aggregated usage
 # (a value per customer and feature, DELTA or SET), not raw events. They are logged durably
 # before the answer, in their own topic so consumers of ``usage.events`` see one record type.
-# Same key and timestamp rules as EventBatch; one record per (environment, customer) per request.
+# Same partitioning, key and timestamp rules as EventBatch (one record per partition per request).
 
 
 class UsageReport(msgspec.Struct, frozen=True, omit_defaults=True):

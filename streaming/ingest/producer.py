@@ -45,6 +45,7 @@ class Record:
     key: bytes
     value: bytes
     timestamp_ms: int
+    partition: int
 
 
 class _Waiter:
@@ -99,6 +100,8 @@ class DurableProducer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        # Partition counts from broker metadata (records name their partition explicitly).
+        self._partitions: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class DurableProducer:
                     record.topic,
                     value=record.value,
                     key=record.key,
+                    partition=record.partition,
                     timestamp=record.timestamp_ms,
                     on_delivery=waiter.on_delivery,
                 )
@@ -247,16 +251,23 @@ class DurableProducer:
         for _ in range(never_produced):
             waiter.on_delivery("not produced", None)
 
+    def partitions(self, topic: str) -> int:
+        """The topic's partition count (configured count until metadata was read)."""
+        return self._partitions.get(topic) or self.settings.kafka.partitions
+
     def ready(self, timeout_s: float = 2.0) -> tuple[bool, str]:
-        """Broker reachable: a metadata round trip for the events topic (blocking)."""
+        """Broker reachable and our topics known: a metadata round trip (blocking)."""
         producer = self._producer
         if producer is None:
             return False, "producer not started"
+        wanted = (self.settings.kafka.events_topic, self.settings.kafka.reports_topic)
         try:
-            metadata = producer.list_topics(self.settings.kafka.events_topic, timeout=timeout_s)
+            metadata = producer.list_topics(timeout=timeout_s)
         except Exception as exc:
             return False, f"broker unreachable: {exc}"
-        topic = metadata.topics.get(self.settings.kafka.events_topic)
-        if topic is None or topic.error is not None:
-            return False, f"topic {self.settings.kafka.events_topic} unavailable"
+        for name in wanted:
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None or not topic.partitions:
+                return False, f"topic {name} unavailable"
+            self._partitions[name] = len(topic.partitions)
         return True, "ok"

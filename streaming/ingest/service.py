@@ -125,7 +125,13 @@ class IngestService:
     async def ingest_events(self, route: str, environment: str, events: list[Any]) -> int:
         """Produce already stamped events; returns how many were acknowledged."""
         received = now_ms()
-        batch = records.event_records(self.events_topic, environment, received, events)
+        batch = records.event_records(
+            self.events_topic,
+            environment,
+            received,
+            events,
+            self.producer.partitions(self.events_topic),
+        )
         await self.producer.send(batch)
         self.metrics.events.labels(route).inc(len(events))
         self.metrics.records.labels(self.events_topic).inc(len(batch))
@@ -180,7 +186,13 @@ class IngestService:
         applier = self.hooks.usage
         if applier is not None:
             applier.validate_usage(environment, reports)
-        batch = records.report_records(self.reports_topic, environment, received, reports)
+        batch = records.report_records(
+            self.reports_topic,
+            environment,
+            received,
+            reports,
+            self.producer.partitions(self.reports_topic),
+        )
         await self.producer.send(batch)
         self.metrics.events.labels(route).inc(len(reports))
         self.metrics.records.labels(self.reports_topic).inc(len(batch))

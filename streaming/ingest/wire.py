@@ -35,7 +35,7 @@ MAX_FRACTIONAL = 2.0**35
 MAX_WHOLE = 2.0**53 - 1
 
 
-class WireEvent(msgspec.Struct, omit_defaults=True):
+class WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
     """One raw event as sent; after decoding ``timestamp`` holds epoch milliseconds (int)."""
 
     customerId: NonEmpty

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.stack_fixtures import Stack
+from tests.streaming.ingest import harness
 from tests.streaming.ingest.harness import ApiProcess, KafkaReader, start_api
 
 # Small enough to test 413 on body size cheaply; far above a 1000-event batch.
@@ -33,7 +34,7 @@ def ingest_api(infra: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture
 def events_reader(infra: Stack) -> Iterator[KafkaReader]:
-    reader = KafkaReader(infra.settings, infra.settings.kafka.events_topic)
+    reader = harness.events_reader(infra.settings)
     try:
         yield reader
     finally:
@@ -42,7 +43,7 @@ def events_reader(infra: Stack) -> Iterator[KafkaReader]:
 
 @pytest.fixture
 def reports_reader(infra: Stack) -> Iterator[KafkaReader]:
-    reader = KafkaReader(infra.settings, infra.settings.kafka.reports_topic)
+    reader = harness.reports_reader(infra.settings)
     try:
         yield reader
     finally:

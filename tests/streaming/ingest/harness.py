@@ -21,12 +21,7 @@ from typing import Any
 import httpx
 
 from byoc_platform import clients
-from byoc_platform.events import (
-    EventBatch,
-    UsageReportBatch,
-    decode_batch,
-    decode_report_batch,
-)
+from byoc_platform.events import EventBatch, decode_batch, decode_report_batch
 from byoc_platform.settings import Settings
 from tests.stack_fixtures import free_port, settings_env
 
@@ -102,17 +97,22 @@ def unique(prefix: str = "cust") -> str:
 
 
 class KafkaReader:
-    """Collects the records of one topic whose key belongs to the wanted customers."""
+    """Collects one topic's records that hold events/usages of the wanted customers.
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    Records are packed per partition (streaming/ingest/records.py), so a record is matched by
+    the customers inside it, not by its key.
+    """
+
+    def __init__(self, settings: Settings, topic: str, decode: Callable[[bytes], Any]) -> None:
         from confluent_kafka import Consumer
 
         self.topic = topic
+        self.decode = decode
         self.consumer = Consumer(
             clients.consumer_config(settings, f"ingest-test-{uuid.uuid4().hex}")
         )
         self.consumer.subscribe([topic])
-        self.seen: list[Any] = []
+        self.seen: list[tuple[Any, Any]] = []  # (message, decoded value)
 
     def close(self) -> None:
         self.consumer.close()
@@ -122,33 +122,60 @@ class KafkaReader:
         while time.monotonic() < deadline:
             for message in self.consumer.consume(500, timeout=0.3):
                 if message.error() is None:
-                    self.seen.append(message)
+                    self.seen.append((message, self.decode(message.value())))
+
+    def _mine(self, customers: set[str]) -> list[tuple[Any, Any]]:
+        return [(m, b) for m, b in self.seen if customers & _customers(b)]
 
     def read(
         self,
-        keys: Iterable[bytes],
-        until: Callable[[list[Any]], bool],
+        customers: Iterable[str],
+        until: Callable[[list[tuple[Any, Any]]], bool],
         timeout: float = 30.0,
-    ) -> list[Any]:
-        """Messages with these keys, once ``until(messages)`` holds (or timeout)."""
-        wanted = set(keys)
+    ) -> list[tuple[Any, Any]]:
+        """(message, value) holding these customers, once ``until(found)`` holds or timeout."""
+        wanted = set(customers)
         deadline = time.monotonic() + timeout
         while True:
-            mine = [m for m in self.seen if m.key() in wanted]
+            mine = self._mine(wanted)
             if until(mine) or time.monotonic() > deadline:
                 return mine
             self.poll_for(0.5)
 
-    def settle(self, keys: Iterable[bytes], seconds: float = 3.0) -> list[Any]:
-        """Messages with these keys after polling for a while (to prove absence)."""
+    def settle(self, customers: Iterable[str], seconds: float = 3.0) -> list[tuple[Any, Any]]:
+        """What holds these customers after polling a while (to prove absence)."""
         self.poll_for(seconds)
-        wanted = set(keys)
-        return [m for m in self.seen if m.key() in wanted]
+        return self._mine(set(customers))
 
 
-def event_batches(messages: list[Any]) -> list[EventBatch]:
-    return [decode_batch(m.value()) for m in messages]
+def _customers(value: Any) -> set[str]:
+    items = value.events if isinstance(value, EventBatch) else value.usages
+    return {item.customerId for item in items}
 
 
-def report_batches(messages: list[Any]) -> list[UsageReportBatch]:
-    return [decode_report_batch(m.value()) for m in messages]
+def items_of(found: list[tuple[Any, Any]], customer: str) -> list[Any]:
+    """The events/usages of one customer, in log order (offset; one customer = one partition)."""
+    ordered = sorted(found, key=lambda mb: (mb[0].partition(), mb[0].offset()))
+    out = []
+    for _, value in ordered:
+        items = value.events if isinstance(value, EventBatch) else value.usages
+        out.extend(item for item in items if item.customerId == customer)
+    return out
+
+
+def count(found: list[tuple[Any, Any]], customers: Iterable[str]) -> int:
+    wanted = set(customers)
+    return sum(
+        1
+        for _, value in found
+        for item in (value.events if isinstance(value, EventBatch) else value.usages)
+        if item.customerId in wanted
+    )
+
+
+def events_reader(settings: Settings) -> KafkaReader:
+    return KafkaReader(settings, settings.kafka.events_topic, decode_batch)
+
+
+def reports_reader(settings: Settings) -> KafkaReader:
+    return KafkaReader(settings, settings.kafka.reports_topic, decode_report_batch)

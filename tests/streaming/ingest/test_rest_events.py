@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+import zlib
 from datetime import UTC, datetime, timedelta, timezone
 
 from stigg._client import Stigg
 
 from byoc_platform.events import SCHEMA_VERSION, UsageEvent, record_key
 from tests.stack_fixtures import Stack
-from tests.streaming.ingest.harness import ApiProcess, KafkaReader, event_batches, unique
+from tests.streaming.ingest.harness import ApiProcess, KafkaReader, count, items_of, unique
 
 
 def sdk(api: ApiProcess, **kwargs: object) -> Stigg:
@@ -54,20 +55,25 @@ def test_sdk_events_reach_kafka_field_by_field(
     after = int(time.time() * 1000)
     assert response.to_dict() == {"data": {}}
 
-    keys = [record_key(env, alice), record_key(env, bob)]
-    messages = events_reader.read(keys, lambda ms_: len(ms_) >= 2)
-    assert len(messages) == 2, "one record per customer of the request"
-    by_key = {m.key(): m for m in messages}
-    for message in messages:
-        batch = event_batches([message])[0]
+    found = events_reader.read([alice, bob], lambda f: count(f, [alice, bob]) >= 3)
+    assert count(found, [alice, bob]) == 3
+    partitions = len({m.partition() for m, _ in found})
+    for message, batch in found:
         assert batch.v == SCHEMA_VERSION
         assert batch.environment == env
         assert before <= batch.receivedAt <= after
         # The record timestamp is the receive time, never the event time (openmeter #5005).
         assert message.timestamp()[1] == batch.receivedAt
+    assert len(found) == partitions, "one record per partition of the request"
+    # Each customer's events are on the partition of its key (librdkafka's partitioner).
+    for customer in (alice, bob):
+        key = record_key(env, customer)
+        expected = zlib.crc32(key) % infra.settings.kafka.partitions
+        assert {
+            m.partition() for m, b in found if customer in {e.customerId for e in b.events}
+        } == {expected}
 
-    alice_batch = event_batches([by_key[record_key(env, alice)]])[0]
-    assert alice_batch.events == [
+    assert items_of(found, alice) == [
         UsageEvent(
             customerId=alice,
             eventName="api_call",
@@ -83,8 +89,7 @@ def test_sdk_events_reach_kafka_field_by_field(
             timestamp=ms(datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)),
         ),
     ]
-    bob_batch = event_batches([by_key[record_key(env, bob)]])[0]
-    assert bob_batch.events == [
+    assert items_of(found, bob) == [
         UsageEvent(
             customerId=bob,
             eventName="llm_tokens",
@@ -94,12 +99,12 @@ def test_sdk_events_reach_kafka_field_by_field(
         )
     ]
     # Dimension types survive exactly: int stays int, bool stays bool.
-    dims = alice_batch.events[0].dimensions
+    dims = items_of(found, alice)[0].dimensions
     assert type(dims["tokens"]) is int and type(dims["ok"]) is bool
 
 
 def test_missing_timestamp_is_receive_time_and_naive_is_utc(
-    infra: Stack, ingest_api: ApiProcess, events_reader: KafkaReader
+    ingest_api: ApiProcess, events_reader: KafkaReader
 ) -> None:
     customer = unique()
     before = int(time.time() * 1000)
@@ -115,35 +120,39 @@ def test_missing_timestamp_is_receive_time_and_naive_is_utc(
         ]
     )
     after = int(time.time() * 1000)
-    key = record_key(infra.settings.environment, customer)
-    [batch] = event_batches(events_reader.read([key], lambda m: len(m) >= 1))
-    assert before <= batch.events[0].timestamp <= after
-    assert batch.events[0].timestamp == batch.receivedAt
-    assert batch.events[1].timestamp == ms(datetime(2025, 6, 1, 8, 30, tzinfo=UTC))
+    found = events_reader.read([customer], lambda f: count(f, [customer]) >= 2)
+    [(_, batch)] = found
+    first, second = items_of(found, customer)
+    assert before <= first.timestamp <= after
+    assert first.timestamp == batch.receivedAt
+    assert second.timestamp == ms(datetime(2025, 6, 1, 8, 30, tzinfo=UTC))
 
 
 def test_one_customers_events_keep_their_order_across_requests(
-    infra: Stack, ingest_api: ApiProcess, events_reader: KafkaReader
+    ingest_api: ApiProcess, events_reader: KafkaReader
 ) -> None:
-    customer = unique()
+    customer, other = unique(), unique("other")
     client = sdk(ingest_api)
     for request in range(5):
         client.v1.events.report(
             events=[
-                {"customer_id": customer, "event_name": "e", "idempotency_key": f"r{request}-{i}"}
-                for i in range(3)
+                {
+                    "customer_id": customer if i % 2 == 0 else other,
+                    "event_name": "e",
+                    "idempotency_key": f"r{request}-{i}",
+                }
+                for i in range(6)
             ]
         )
-    key = record_key(infra.settings.environment, customer)
-    messages = events_reader.read([key], lambda m: len(m) >= 5)
-    assert len({m.partition() for m in messages}) == 1, "one customer -> one partition"
-    messages.sort(key=lambda m: m.offset())
-    keys = [e.idempotencyKey for b in event_batches(messages) for e in b.events]
-    assert keys == [f"r{r}-{i}" for r in range(5) for i in range(3)]
+    found = events_reader.read([customer], lambda f: count(f, [customer]) >= 15)
+    mine = [(m, b) for m, b in found if customer in {e.customerId for e in b.events}]
+    assert len({m.partition() for m, _ in mine}) == 1, "one customer -> one partition"
+    keys = [e.idempotencyKey for e in items_of(found, customer)]
+    assert keys == [f"r{r}-{i}" for r in range(5) for i in (0, 2, 4)]
 
 
 def test_same_idempotency_key_different_body_both_forwarded_first_first(
-    infra: Stack, ingest_api: ApiProcess, events_reader: KafkaReader
+    ingest_api: ApiProcess, events_reader: KafkaReader
 ) -> None:
     """Dedup (first wins) is the stream processor's; ingestion forwards both, in order."""
     customer = unique()
@@ -157,17 +166,15 @@ def test_same_idempotency_key_different_body_both_forwarded_first_first(
     second = {**first, "dimensions": {"n": 2}}
     client.v1.events.report(events=[first])
     client.v1.events.report(events=[second])
-    key = record_key(infra.settings.environment, customer)
-    messages = sorted(events_reader.read([key], lambda m: len(m) >= 2), key=lambda m: m.offset())
-    dims = [e.dimensions for b in event_batches(messages) for e in b.events]
-    assert dims == [{"n": 1}, {"n": 2}]
+    found = events_reader.read([customer], lambda f: count(f, [customer]) >= 2)
+    assert [e.dimensions for e in items_of(found, customer)] == [{"n": 1}, {"n": 2}]
 
 
 def test_a_full_batch_of_1000_big_events_is_split_into_ordered_records(
-    infra: Stack, ingest_api: ApiProcess, events_reader: KafkaReader
+    ingest_api: ApiProcess, events_reader: KafkaReader
 ) -> None:
     customer = unique()
-    pad = "x" * 900  # ~1 KB per event: one customer's group exceeds one record's size cap
+    pad = "x" * 900  # ~1 KB per event: one partition's group exceeds one record's size cap
     events = [
         {
             "customer_id": customer,
@@ -178,13 +185,7 @@ def test_a_full_batch_of_1000_big_events_is_split_into_ordered_records(
         for i in range(1000)
     ]
     sdk(ingest_api).v1.events.report(events=events)
-    key = record_key(infra.settings.environment, customer)
-
-    def complete(messages: list) -> bool:
-        return sum(len(b.events) for b in event_batches(messages)) >= 1000
-
-    messages = sorted(events_reader.read([key], complete), key=lambda m: m.offset())
-    assert len(messages) >= 2
-    assert all(len(m.value()) <= 512 * 1024 for m in messages)
-    order = [e.dimensions["i"] for b in event_batches(messages) for e in b.events]
-    assert order == list(range(1000))
+    found = events_reader.read([customer], lambda f: count(f, [customer]) >= 1000)
+    assert len(found) >= 2
+    assert all(len(m.value()) <= 512 * 1024 for m, _ in found)
+    assert [e.dimensions["i"] for e in items_of(found, customer)] == list(range(1000))
