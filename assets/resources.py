@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import yaml
 from dagster import ConfigurableResource
@@ -39,6 +39,13 @@ class PlatformResource(ConfigurableResource):
         description="YAML settings file; empty: BYOC_* environment / BYOC_CONFIG_FILE.",
     )
     _settings: Settings | None = PrivateAttr(default=None)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **fields: Any) -> Self:
+        """A resource over an in-memory settings object (CLI commands, scripts)."""
+        resource = cls(**fields)
+        resource._settings = settings
+        return resource
 
     @property
     def settings(self) -> Settings:

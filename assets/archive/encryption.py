@@ -45,8 +45,15 @@ class ArchiveCrypto:
     Keep one instance per run: pyarrow caches the unwrapped key-encryption keys in it.
     """
 
-    def __init__(self, kms: Any, footer_key: str, pii_key: str, columns: list[str]) -> None:
-        self._factory = pe.CryptoFactory(lambda _config: AwsKmsClient(kms))
+    def __init__(
+        self,
+        kms: Any,
+        footer_key: str,
+        pii_key: str,
+        columns: list[str],
+        kms_client_class: type[AwsKmsClient] = AwsKmsClient,
+    ) -> None:
+        self._factory = pe.CryptoFactory(lambda _config: kms_client_class(kms))
         self._connection = pe.KmsConnectionConfig()
         self.footer_key = footer_key
         self.pii_key = pii_key

@@ -6,7 +6,8 @@ API in Dagster 1.13, pinned exactly for that reason), so each partition has its 
 
 import warnings
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from dagster import (
@@ -115,6 +116,63 @@ def rollup_expectations(
     )
 
 
+@dataclass
+class ArchiveComparison:
+    clickhouse_rows: int
+    archive_rows: int
+    hours: int
+    retired: bool
+    differences: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.differences
+
+
+def compare_archive(client: Any, db: str, day: datetime) -> ArchiveComparison:
+    """Every hour ClickHouse holds for ``day`` against its verified archive (and back)."""
+    end = day + timedelta(days=1)
+    hot = hot_fingerprints(client, db, day, end)
+    recorded = recorded_manifests(client, db, day, end)
+    retired = (
+        client.query(
+            f"SELECT count() FROM {db}.retention_log WHERE action = 'drop_partition' "
+            "AND day = {d:Date}",
+            parameters={"d": day.date()},
+        ).result_rows[0][0]
+        > 0
+    )
+    differences: list[dict[str, Any]] = []
+    for (env, hour), fp in sorted(hot.items()):
+        known = recorded.get((env, hour))
+        archived = known.fingerprint.rows if known and known.status == "verified" else None
+        if archived is None or known is None or known.fingerprint != fp:
+            differences.append(
+                {
+                    "hour": f"{env} {hour:%H}:00",
+                    "clickhouse_rows": fp.rows,
+                    "archive_rows": archived,
+                }
+            )
+    verified = {k: v for k, v in recorded.items() if v.status == "verified"}
+    if not retired:  # archived rows ClickHouse no longer holds, without retention saying so
+        for env, hour in sorted(k for k in verified if k not in hot):
+            differences.append(
+                {
+                    "hour": f"{env} {hour:%H}:00",
+                    "clickhouse_rows": 0,
+                    "archive_rows": verified[(env, hour)].fingerprint.rows,
+                }
+            )
+    return ArchiveComparison(
+        clickhouse_rows=sum(fp.rows for fp in hot.values()),
+        archive_rows=sum(v.fingerprint.rows for v in verified.values()),
+        hours=len(hot),
+        retired=retired,
+        differences=differences,
+    )
+
+
 @partitioned_check(
     asset=cold_archive,
     partitions_def=DAILY,
@@ -125,55 +183,19 @@ def archive_matches_warehouse(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
     day = day_start(context.partition_key)
-    end = day + timedelta(days=1)
     with warehouse.client() as client:
-        db = warehouse.database
-        hot = hot_fingerprints(client, db, day, end)
-        recorded = recorded_manifests(client, db, day, end)
-        retired = (
-            client.query(
-                f"SELECT count() FROM {db}.retention_log WHERE action = 'drop_partition' "
-                "AND day = {d:Date}",
-                parameters={"d": day.date()},
-            ).result_rows[0][0]
-            > 0
-        )
-    problems = []
-    for (env, hour), fp in sorted(hot.items()):
-        known = recorded.get((env, hour))
-        if known is None or known.status != "verified":
-            problems.append(
-                {"hour": f"{env} {hour:%H}:00", "clickhouse_rows": fp.rows, "archive_rows": None}
-            )
-        elif known.fingerprint != fp:
-            problems.append(
-                {
-                    "hour": f"{env} {hour:%H}:00",
-                    "clickhouse_rows": fp.rows,
-                    "archive_rows": known.fingerprint.rows,
-                }
-            )
-    verified = {k: v for k, v in recorded.items() if v.status == "verified"}
-    orphaned = [] if retired else [k for k in verified if k not in hot]
-    for env, hour in sorted(orphaned):
-        problems.append(
-            {
-                "hour": f"{env} {hour:%H}:00",
-                "clickhouse_rows": 0,
-                "archive_rows": verified[(env, hour)].fingerprint.rows,
-            }
-        )
+        result = compare_archive(client, warehouse.database, day)
     return AssetCheckResult(
-        passed=not problems,
+        passed=result.passed,
         severity=AssetCheckSeverity.ERROR,
         description="archive equals ClickHouse"
-        if not problems
-        else f"{len(problems)} hours differ between the archive and ClickHouse",
+        if result.passed
+        else f"{len(result.differences)} hours differ between the archive and ClickHouse",
         metadata={
-            "clickhouse_rows": sum(fp.rows for fp in hot.values()),
-            "archive_rows": sum(v.fingerprint.rows for v in verified.values()),
-            "hours": len(hot),
-            "hot_partition_retired": retired,
-            "differences": MetadataValue.json(problems[:48]),
+            "clickhouse_rows": result.clickhouse_rows,
+            "archive_rows": result.archive_rows,
+            "hours": result.hours,
+            "hot_partition_retired": result.retired,
+            "differences": MetadataValue.json(result.differences[:48]),
         },
     )

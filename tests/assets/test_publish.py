@@ -1,0 +1,186 @@
+"""Publishing rollups to the control plane (the local stand-in, through Stigg's GraphQL client)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+
+import pytest
+from dagster import AssetSelection
+
+from assets.partitions import hour_key
+from assets.publish.ledger import plan, read_ledger, record
+from assets.publish.sender import send
+from assets.resources import ControlPlaneResource
+from byoc_platform.control_plane.client import ControlPlaneClient
+from tests.assets.conftest import checks, materialized, metadata, run
+from tests.assets.usage_data import (
+    expected_rollup,
+    fresh_hour,
+    insert_events,
+    make_events,
+    settings_file,
+)
+
+pytestmark = pytest.mark.integration
+
+ROLLUP_AND_PUBLISH = AssetSelection.assets("hourly_usage_rollup", "published_usage")
+PUBLISH_ONLY = AssetSelection.assets("published_usage")
+ADDITIVE = {"feature-api-calls", "feature-tokens"}
+
+
+@pytest.fixture(scope="module")
+def small_bulks(infra, tmp_path_factory) -> str:
+    """Settings with bulks of 5 usages, so an hour needs several ReportUsageBulk calls."""
+    return settings_file(
+        tmp_path_factory.mktemp("publish"), infra.settings, control_plane={"publish_bulk_size": 5}
+    )
+
+
+def control_plane_totals(settings, env) -> dict[tuple[str, str, str], float]:
+    with ControlPlaneClient.from_settings(settings) as cp:
+        return {
+            (t.customerId, t.resourceId or "", t.featureId): t.value for t in cp.usage_totals(env)
+        }
+
+
+def control_plane_records(settings, env) -> list:
+    with ControlPlaneClient.from_settings(settings) as cp:
+        return cp.usage_records(env)
+
+
+def additive(env, events) -> dict[tuple[str, str, str], float]:
+    out: dict[tuple[str, str, str], float] = defaultdict(float)
+    for (_env, customer, resource, feature), value in expected_rollup(env, events).items():
+        if feature in ADDITIVE:
+            out[(customer, resource, feature)] += value
+    return dict(out)
+
+
+def test_publishing_twice_leaves_the_control_plane_totals_unchanged(infra, env, ch, small_bulks):
+    hour = fresh_hour()
+    events = make_events(hour, 400, seed=11)
+    insert_events(ch, "byoc", env, events)
+
+    first = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
+
+    assert first.success
+    want = additive(env, events)
+    assert control_plane_totals(infra.settings, env) == pytest.approx(want)
+    meta = metadata(first, "published_usage")
+    assert meta["usages_sent"] == len(want)
+    assert meta["bulks"] == -(-len(want) // 5)  # bulks of <= 5, one environment
+    assert meta["published_total"] == pytest.approx(sum(want.values()))
+    records = control_plane_records(infra.settings, env)
+    assert len(records) == len(want)
+    assert all(r.idempotencyKey.endswith(":r0") for r in records)
+    assert {r.createdAt[:13] for r in records} == {hour.strftime("%Y-%m-%dT%H")}
+
+    # A re-run of the publish, and a backfill of the hour (rollup + publish), change nothing.
+    again = run(PUBLISH_ONLY, hour_key(hour), small_bulks)
+    backfill = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
+
+    assert again.success and backfill.success
+    assert metadata(again, "published_usage")["usages_sent"] == 0
+    assert metadata(backfill, "published_usage")["usages_sent"] == 0
+    assert control_plane_totals(infra.settings, env) == pytest.approx(want)
+    assert len(control_plane_records(infra.settings, env)) == len(want)
+
+
+def test_late_events_publish_exactly_the_difference(infra, env, ch, config_file):
+    hour = fresh_hour()
+    on_time = make_events(hour, 300, seed=12)
+    insert_events(ch, "byoc", env, on_time)
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    before = control_plane_records(infra.settings, env)
+
+    late = make_events(hour, 40, seed=13)  # same hour, new idempotency keys
+    insert_events(ch, "byoc", env, late)
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file)
+
+    assert result.success
+    want = additive(env, on_time + late)
+    assert control_plane_totals(infra.settings, env) == pytest.approx(want)
+    after = control_plane_records(infra.settings, env)
+    new_keys = {r.idempotencyKey for r in after} - {r.idempotencyKey for r in before}
+    assert new_keys and all(k.endswith(":r1") for k in new_keys)
+    meta = metadata(result, "published_usage")
+    assert meta["usages_sent"] == len(new_keys) == len(after) - len(before)
+    # Keys the late events did not touch were not re-sent.
+    assert meta["unchanged_keys"] == len(want) - len(new_keys)
+
+
+def test_a_failing_reconciliation_blocks_publish(infra, env, ch, config_file):
+    hour = fresh_hour()
+    insert_events(ch, "byoc", env, make_events(hour, 200, seed=14))
+    assert run(AssetSelection.assets("hourly_usage_rollup"), hour_key(hour), config_file).success
+    # Events land after the rollup: it no longer equals the raw events (a stale rollup).
+    insert_events(ch, "byoc", env, make_events(hour, 20, seed=15))
+
+    gated = run(
+        PUBLISH_ONLY | AssetSelection.checks_for_assets("hourly_usage_rollup"),
+        hour_key(hour),
+        config_file,
+    )
+
+    assert not gated.success
+    check = checks(gated)["rollup_reconciles_with_raw_events"]
+    assert not check.passed
+    assert check.metadata["mismatches"].value
+    assert "published_usage" not in materialized(gated)
+    started = {e.step_key for e in gated.all_events if e.event_type_value == "STEP_START"}
+    assert "published_usage" not in started  # blocked by the check, not by its own guard
+    # A run of the publish alone is refused by the same reconciliation.
+    alone = run(PUBLISH_ONLY, hour_key(hour), config_file)
+    assert not alone.success
+    assert "does not reconcile" in str(
+        [e.event_specific_data for e in alone.all_events if e.is_step_failure]
+    )
+    assert control_plane_totals(infra.settings, env) == {}
+    assert [e for e in read_ledger(ch, "byoc", hour) if e.environment == env] == []
+
+
+def test_publish_after_a_crash_resends_pending_keys_without_double_counting(
+    infra, env, ch, config_file
+):
+    hour = fresh_hour()
+    events = make_events(hour, 200, seed=16)
+    insert_events(ch, "byoc", env, events)
+    assert run(AssetSelection.assets("hourly_usage_rollup"), hour_key(hour), config_file).success
+    # A publish that crashed after the control plane accepted half of its usages but before
+    # the ledger marked them sent: all of its revisions are still "pending".
+    from assets.rollups.compute import read_rollup
+
+    rows = read_rollup(ch, "byoc", hour)
+    targets = {r.key: r.value for r in rows if r.feature_id in ADDITIVE}
+    todo = plan(hour, targets, read_ledger(ch, "byoc", hour))
+    record(ch, "byoc", todo.new, "pending")
+    half = [e for e in todo.new if e.environment == env][: len(todo.new) // 2]
+    with ControlPlaneResource(config_file=config_file).graphql() as graphql:
+        assert len(send(graphql, half, 100, on_sent=lambda bulk: None).sent) == len(half)
+
+    result = run(PUBLISH_ONLY, hour_key(hour), config_file)
+
+    assert result.success
+    meta = metadata(result, "published_usage")
+    assert meta["new_revisions"] == 0 and meta["resent_pending"] >= len(half)
+    assert control_plane_totals(infra.settings, env) == pytest.approx(additive(env, events))
+    assert all(e.status == "sent" for e in read_ledger(ch, "byoc", hour))
+
+
+def test_usage_the_control_plane_refuses_stays_pending_and_the_rest_is_published(
+    infra, env, ch, small_bulks
+):
+    hour = fresh_hour()
+    known = make_events(hour, 100, seed=17)
+    stranger = make_events(hour + timedelta(minutes=1), 10, seed=18, customers=["cust-unknown"])
+    insert_events(ch, "byoc", env, known + stranger)
+
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "refused" in str(failure.event_specific_data)
+    assert control_plane_totals(infra.settings, env) == pytest.approx(additive(env, known))
+    pending = [e for e in read_ledger(ch, "byoc", hour) if e.status != "sent"]
+    assert pending and {e.customer_id for e in pending} == {"cust-unknown"}
