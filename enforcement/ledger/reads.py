@@ -19,7 +19,13 @@ from enforcement.ledger.errors import InvalidInput
 from enforcement.ledger.ids import wallet_id
 from enforcement.ledger.models import Balance, EventType, GrantView, LedgerEvent, Page
 from enforcement.ledger.ops import grant_view
-from enforcement.ledger.unit import GRANT_SELECT, HOLD_ALIAS, WALLET_ACCOUNTS, grant_from_row
+from enforcement.ledger.unit import (
+    DUE_RESERVATIONS,
+    GRANT_SELECT,
+    HOLD_ALIAS,
+    WALLET_ACCOUNTS,
+    grant_from_row,
+)
 
 T = TypeVar("T")
 MAX_PAGE = 1000
@@ -51,9 +57,23 @@ def balance(
         for row in conn.execute(WALLET_ACCOUNTS, {"w": wid})
     }
     available = reserved = reserved_dead = scheduled = pending = 0
-    expired_unswept = usage_limit = current_usage = 0
-    for row in conn.execute(BALANCE_GRANTS, {"w": wid}) if sinks else ():
-        g = grant_from_row(row)
+    expired_unswept = voided_unswept = usage_limit = current_usage = 0
+    loaded = {
+        row.grant_id: grant_from_row(row)
+        for row in (conn.execute(BALANCE_GRANTS, {"w": wid}) if sinks else ())
+    }
+    # Holds whose TTL passed are already free, even if no write has swept them yet.
+    for row in conn.execute(DUE_RESERVATIONS, {"w": wid, "now": now_us}) if sinks else ():
+        for grant_id, units in msgspec.json.decode(row.parts):
+            held = loaded[grant_id]
+            held.held -= units
+            if held.live(now_us):
+                held.balance += units
+            elif held.voided_us is not None:
+                voided_unswept += units
+            else:
+                expired_unswept += units
+    for g in loaded.values():
         if g.payment_pending and not g.finished():
             pending += g.amount
         live = g.live(now_us)
@@ -82,7 +102,7 @@ def balance(
         granted=to_decimal(-sinks.get(schema.ISSUANCE, 0)),
         consumed=to_decimal(sinks.get(schema.CONSUMED, 0)),
         expired=to_decimal(sinks.get(schema.EXPIRED, 0) + expired_unswept),
-        voided=to_decimal(sinks.get(schema.VOIDED, 0)),
+        voided=to_decimal(sinks.get(schema.VOIDED, 0) + voided_unswept),
         usage_limit=to_decimal(usage_limit),
         current_usage=to_decimal(current_usage),
         as_of=from_us(now_us),
