@@ -32,7 +32,9 @@ def ingest_api(infra: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         api.stop()
 
 
-@pytest.fixture
+# Readers are shared (joining a consumer group costs seconds on Tansu); tests tell their
+# records apart by unique customer ids.
+@pytest.fixture(scope="session")
 def events_reader(infra: Stack) -> Iterator[KafkaReader]:
     reader = harness.events_reader(infra.settings)
     try:
@@ -41,7 +43,7 @@ def events_reader(infra: Stack) -> Iterator[KafkaReader]:
         reader.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reports_reader(infra: Stack) -> Iterator[KafkaReader]:
     reader = harness.reports_reader(infra.settings)
     try:
