@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FIRST_SYNC_WAIT_S = 3.0
 MAINTENANCE_INTERVAL_S = 5.0
+DIRTY_REFRESH_S = 0.2  # wallets spent from are re-read exactly this soon after
 
 
 class EnforcementComponent:
@@ -144,10 +145,16 @@ class EnforcementComponent:
     async def _maintain(self) -> None:
         """Expire due grants/reservations, refresh cached balances, prune old counters."""
         rounds = 0
+        last_full = time.monotonic()
         while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-            rounds += 1
+            await asyncio.sleep(DIRTY_REFRESH_S)
             try:
+                if self.credits.has_dirty:
+                    await asyncio.to_thread(self.credits.refresh_dirty)
+                if time.monotonic() - last_full < MAINTENANCE_INTERVAL_S:
+                    continue
+                last_full = time.monotonic()
+                rounds += 1
                 await asyncio.to_thread(self.credits.maintain)
                 if rounds % 60 == 0:
                     await asyncio.to_thread(self.counters.prune)
@@ -202,7 +209,7 @@ class EnforcementComponent:
         await asyncio.to_thread(self.load_local_state)
         await asyncio.to_thread(self.credits.open)
         if self.settings.enforcement.grpc_enabled:
-            self._grpc_server = Server([self.grpc_service])
+            self._grpc_server = Server([self.grpc_service], codec=self.grpc_service.codec)
             await self._grpc_server.start(self.settings.host, self.settings.ports.grpc)
             log.info(
                 "SidecarService listening",

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import replace
+from decimal import Decimal
 
 from sqlalchemy import select
 
@@ -52,6 +55,7 @@ class CreditService:
         self.counters = counters
         self._ledger: Ledger | None = None
         self._balances: dict[WalletKey, WalletBalance] = {}
+        self._dirty: set[WalletKey] = set()
         self._lock = threading.Lock()
 
     @property
@@ -81,14 +85,67 @@ class CreditService:
         self, environment: str, customer_id: str, currency_id: str, resource_id: str | None
     ) -> WalletBalance:
         """Read one wallet's balance from the ledger into the cache (blocking)."""
+        key = (environment, customer_id, currency_id, resource_id or "")
+        read_at = time.time()
         b = self.ledger.balance(environment, customer_id, currency_id, resource_id)
         wallet = to_wallet(b)
-        key = (environment, customer_id, currency_id, resource_id or "")
         with self._lock:
             current = self._balances.get(key)
-            if current is None or current.updated_at <= wallet.updated_at:
-                self._balances[key] = wallet
+            if current is not None and current.updated_at > read_at:
+                # A spend applied while this read ran may be missing from it: keep the spend's
+                # value and read again soon.
+                self._dirty.add(key)
+                return current
+            wallet = replace(wallet, updated_at=max(wallet.updated_at, read_at))
+            self._balances[key] = wallet
         return wallet
+
+    def after_spend(
+        self,
+        environment: str,
+        customer_id: str,
+        currency_id: str,
+        resource_id: str | None,
+        available_after: Decimal | None,
+        held: float = 0.0,
+    ) -> WalletBalance | None:
+        """Apply a consumption's or reservation's result to the cache without a ledger read.
+
+        Concurrent results may arrive out of order; spending only lowers the balance, so the
+        lowest reported value is kept, and the wallet is re-read exactly soon after
+        (:meth:`refresh_dirty`), which also covers grants that raced with the spend.
+        """
+        key = (environment, customer_id, currency_id, resource_id or "")
+        with self._lock:
+            self._dirty.add(key)
+            current = self._balances.get(key)
+            if current is None or available_after is None:
+                return current
+            available = min(current.available, float(available_after))
+            updated = replace(
+                current,
+                available=available,
+                current_usage=current.usage_limit - available,
+                reserved=current.reserved + held,
+                updated_at=time.time(),
+            )
+            self._balances[key] = updated
+            return updated
+
+    @property
+    def has_dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def refresh_dirty(self) -> int:
+        """Re-read every wallet spent from since the last call (blocking)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for env, customer, currency, resource in dirty:
+            try:
+                self.refresh(env, customer, currency, resource or None)
+            except LedgerError as exc:
+                log.warning("balance of %s/%s/%s unreadable: %s", env, customer, currency, exc)
+        return len(dirty)
 
     def refresh_all(self, *, discover: bool = False) -> int:
         """Refresh every cached wallet (and, with ``discover``, every wallet the ledger has)."""

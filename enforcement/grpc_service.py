@@ -26,6 +26,7 @@ from byoc_platform.events import UsageEvent
 from enforcement import sidecar_messages as msg
 from enforcement.counters import UsageCounters
 from enforcement.engine import BOOLEAN, ENUM, METERED, NUMERIC, EntitlementEngine
+from enforcement.grpc_codec import AnswerCache, CachingCodec
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class SidecarService(pb.SidecarServiceBase):
         self.counters = counters
         self.events_sink = events_sink
         self.reload = reload
+        self.answers = AnswerCache()
+        self.codec = CachingCodec()
 
     # --- typed checks ---------------------------------------------------------------------
 
@@ -80,11 +83,14 @@ class SidecarService(pb.SidecarServiceBase):
             kind=BOOLEAN,
             fallback=fb,
         )
-        return pb.GetBooleanEntitlementResponse(
-            has_access=d.has_access,
-            is_fallback=d.is_fallback,
-            access_denied_reason=msg.reason_of(d),
-            entitlement=msg.boolean(d, request.feature_id),
+        return self.answers.get(
+            msg.decision_key("bool", d, request.feature_id),
+            lambda: pb.GetBooleanEntitlementResponse(
+                has_access=d.has_access,
+                is_fallback=d.is_fallback,
+                access_denied_reason=msg.reason_of(d),
+                entitlement=msg.boolean(d, request.feature_id),
+            ),
         )
 
     async def get_numeric_entitlement(
@@ -102,11 +108,14 @@ class SidecarService(pb.SidecarServiceBase):
             kind=NUMERIC,
             fallback=fb,
         )
-        return pb.GetNumericEntitlementResponse(
-            has_access=d.has_access,
-            is_fallback=d.is_fallback,
-            access_denied_reason=msg.reason_of(d),
-            entitlement=msg.numeric(d, request.feature_id),
+        return self.answers.get(
+            msg.decision_key("num", d, request.feature_id),
+            lambda: pb.GetNumericEntitlementResponse(
+                has_access=d.has_access,
+                is_fallback=d.is_fallback,
+                access_denied_reason=msg.reason_of(d),
+                entitlement=msg.numeric(d, request.feature_id),
+            ),
         )
 
     async def get_metered_entitlement(
@@ -132,12 +141,15 @@ class SidecarService(pb.SidecarServiceBase):
             kind=METERED,
             fallback=fb,
         )
-        return pb.GetMeteredEntitlementResponse(
-            has_access=d.has_access,
-            is_fallback=d.is_fallback,
-            access_denied_reason=msg.reason_of(d),
-            requested_usage=d.requested_usage if d.requested_usage is not None else 0.0,
-            entitlement=msg.metered(d, request.feature_id),
+        return self.answers.get(
+            msg.decision_key("metered", d, request.feature_id),
+            lambda: pb.GetMeteredEntitlementResponse(
+                has_access=d.has_access,
+                is_fallback=d.is_fallback,
+                access_denied_reason=msg.reason_of(d),
+                requested_usage=d.requested_usage if d.requested_usage is not None else 0.0,
+                entitlement=msg.metered(d, request.feature_id),
+            ),
         )
 
     async def get_enum_entitlement(
@@ -159,12 +171,15 @@ class SidecarService(pb.SidecarServiceBase):
             kind=ENUM,
             fallback=fb,
         )
-        return pb.GetEnumEntitlementResponse(
-            has_access=d.has_access,
-            is_fallback=d.is_fallback,
-            access_denied_reason=msg.reason_of(d),
-            requested_values=list(values),
-            entitlement=msg.enum(d, request.feature_id),
+        return self.answers.get(
+            msg.decision_key("enum", d, request.feature_id),
+            lambda: pb.GetEnumEntitlementResponse(
+                has_access=d.has_access,
+                is_fallback=d.is_fallback,
+                access_denied_reason=msg.reason_of(d),
+                requested_values=list(values),
+                entitlement=msg.enum(d, request.feature_id),
+            ),
         )
 
     # --- generic checks ---------------------------------------------------------------------
@@ -206,11 +221,14 @@ class SidecarService(pb.SidecarServiceBase):
         d = self._generic(
             request.customer_id, request.feature_id, request.resource_id, request.options
         )
-        return pb.GetEntitlementResponse(
-            has_access=d.has_access,
-            is_fallback=d.is_fallback,
-            access_denied_reason=msg.reason_of(d),
-            **msg.oneof_fields(d, request.feature_id),
+        return self.answers.get(
+            msg.decision_key("generic", d, request.feature_id),
+            lambda: pb.GetEntitlementResponse(
+                has_access=d.has_access,
+                is_fallback=d.is_fallback,
+                access_denied_reason=msg.reason_of(d),
+                **msg.oneof_fields(d, request.feature_id),
+            ),
         )
 
     async def get_entitlement_v2(
@@ -237,7 +255,11 @@ class SidecarService(pb.SidecarServiceBase):
         d = self._generic(
             request.customer_id, request.feature_id, request.resource_id, request.options
         )
-        return pb.GetEntitlementV2Response(entitlement=msg.entitlement_v2(d, request.feature_id))
+        feature_id = request.feature_id
+        return self.answers.get(
+            msg.decision_key("v2", d, feature_id),
+            lambda: pb.GetEntitlementV2Response(entitlement=msg.entitlement_v2(d, feature_id)),
+        )
 
     async def get_entitlements(
         self, request: pb.GetEntitlementsRequest

@@ -122,7 +122,7 @@ def _consumption_args(item: object, where: str) -> dict[str, Any]:
 class CreditRoutes:
     def __init__(self, component: EnforcementComponent) -> None:
         self.c = component
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="credits")
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="credits")
 
     @property
     def ledger(self) -> Any:
@@ -270,7 +270,17 @@ class CreditRoutes:
                 args["currency_id"],
                 float(consumption.amount),
             )
-        wallet = self._refresh(env, args["customer_id"], args["currency_id"], args["resource_id"])
+        wallet = self.c.credits.after_spend(
+            env,
+            args["customer_id"],
+            args["currency_id"],
+            args["resource_id"],
+            None if consumption.duplicate else consumption.available_after,
+        )
+        if wallet is None:  # a wallet the cache did not know yet
+            wallet = self._refresh(
+                env, args["customer_id"], args["currency_id"], args["resource_id"]
+            )
         return consumption, wallet
 
     async def consume(self, request: Request) -> Response:
@@ -405,8 +415,20 @@ class CreditRoutes:
                     metadata=metadata,
                 )
             except InsufficientCredits:
-                reservation = None
-            return reservation, self._refresh(env, customer_id, currency_id, resource_id)
+                return None, self._refresh(env, customer_id, currency_id, resource_id)
+            wallet = None
+            if not reservation.duplicate:
+                wallet = self.c.credits.after_spend(
+                    env,
+                    customer_id,
+                    currency_id,
+                    resource_id,
+                    reservation.available_after,
+                    held=float(reservation.amount),
+                )
+            if wallet is None:
+                wallet = self._refresh(env, customer_id, currency_id, resource_id)
+            return reservation, wallet
 
         reservation, wallet = await self._run(reserve)
         decision.balance = wallet

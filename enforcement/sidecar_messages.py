@@ -223,3 +223,34 @@ def fallback_from(
         usageLimit=usage_limit,
         enumValues=list(enum_values or []),
     )
+
+
+def decision_key(rpc: str, d: Decision, feature_id: str) -> tuple:
+    """Everything an answer to ``rpc`` is made of: equal keys give equal bytes."""
+    f, e, fb = d.feature, d.entitlement, d.fallback
+    return (
+        rpc,
+        feature_id,
+        d.has_access,
+        d.is_fallback,
+        d.reason,
+        d.requested_usage,
+        d.current_usage,
+        d.window,
+        d.requested_values,
+        (f.id, f.featureType, f.meterType, f.unit, f.unitPlural) if f is not None else None,
+        (
+            e.usage_limit,
+            e.unlimited,
+            e.soft_limit,
+            e.reset_period,
+            e.anchor_time,
+            e.number_value,
+            e.enum_values,
+        )
+        if e is not None
+        else None,
+        (fb.hasAccess, fb.usageLimit, fb.isUnlimited, fb.value, tuple(fb.enumValues))
+        if fb is not None
+        else None,
+    )

@@ -1,0 +1,432 @@
+"""Enforcement benchmark: entitlement checks (in process and over gRPC) and credit consumption.
+
+Starts its own control-plane stand-in (default seed) and ``byoc serve --role enforcement`` as
+subprocesses on free loopback ports, in a temporary directory, then measures:
+
+- ``engine_check_p99_us``: ``EntitlementEngine.check`` of a metered feature, in this process,
+  over state synced from the same control plane (no I/O on that path);
+- ``grpc_check_p50_us`` / ``grpc_check_p99_us``: GetMeteredEntitlement through the official
+  stigg-sidecar-sdk stub over loopback h2c, open loop at a fixed rate (default 2,000 checks/s):
+  each call is started on its schedule whether or not earlier ones finished;
+- ``consume_per_s`` / ``consume_p99_ms``: 64 concurrent keep-alive clients POSTing
+  /api/v1/credits/consumption (1 credit, unique idempotency keys) against ONE wallet;
+- ``overdraft``: 64 clients consume from a wallet of exactly N credits until refused;
+  credits granted beyond N (counted from 200 answers and from the ledger) must be 0.
+
+    .venv/bin/python bench/enforcement.py [--rate 2000] [--grpc-seconds 10] [--consume-seconds 10]
+
+The client sides are cheap on purpose (they share the 2 cores with the server): the consume
+clients are raw asyncio streams with pre-encoded requests. The LAST line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from byoc_platform.auth import KeyStore  # noqa: E402
+from byoc_platform.control_plane.client import ControlPlaneClient  # noqa: E402
+
+ENV = "development"
+CP_KEY = "bench-control-plane-key"
+CUSTOMER, FEATURE = "customer-acme", "feature-api-calls"  # default seed: plan-pro, metered
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+class Stack:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.cp_port, self.api_port, self.grpc_port = free_port(), free_port(), free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "BYOC_DATA_DIR": str(base / "runtime"),
+                "BYOC_PORTS__API": str(self.api_port),
+                "BYOC_PORTS__GRPC": str(self.grpc_port),
+                "BYOC_PORTS__CONTROL_PLANE": str(self.cp_port),
+                "BYOC_CONTROL_PLANE__API_KEY": CP_KEY,
+                "BYOC_ENFORCEMENT__CONSUME_USAGE": "false",
+                "BYOC_ENFORCEMENT__REBUILD_FROM_WAREHOUSE": "false",
+                "BYOC_LOG_LEVEL": "WARNING",
+            }
+        )
+
+    def start(self) -> str:
+        logs = (self.base / "logs.txt").open("ab")
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "byoc_platform.control_plane",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.cp_port),
+                    "--data-dir",
+                    str(self.base / "cp"),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{self.cp_port}/healthz")
+        keys = KeyStore(self.base / "runtime" / "auth" / "api_keys.json")
+        api_key = keys.create(ENV, "bench")
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "byoc_platform", "serve", "--role", "enforcement"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=logs,
+                stderr=logs,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{self.api_port}/readyz")
+        return api_key
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+# --- in-process engine ------------------------------------------------------------------
+
+
+def engine_bench(cp_url: str, base: Path, n: int) -> dict[str, float]:
+    from enforcement.counters import UsageCounters
+    from enforcement.engine import EntitlementEngine
+    from enforcement.state import LocalState
+    from enforcement.store import Store
+
+    state = LocalState()
+    with ControlPlaneClient(cp_url, CP_KEY) as client:
+        for change in client.iter_changes(ENV):
+            state.apply(ENV, change.kind, change.op, change.id, change.data, time.time())
+    counters = UsageCounters(Store(f"sqlite:///{base / 'engine.db'}"), state)
+    feature = state.env(ENV).features[FEATURE]
+    counters.report(ENV, CUSTOMER, None, feature, 10, "DELTA")
+    engine = EntitlementEngine(state, counters)
+    check = engine.check
+    clock = time.perf_counter_ns
+    for _ in range(2000):  # warm caches (views, windows)
+        check(ENV, CUSTOMER, FEATURE, requested_usage=1)
+    samples = []
+    for _ in range(n):
+        t0 = clock()
+        decision = check(ENV, CUSTOMER, FEATURE, requested_usage=1)
+        samples.append((clock() - t0) / 1000)
+    assert decision.has_access and decision.current_usage == 10
+    return {
+        "engine_check_p50_us": round(pct(samples, 0.50), 2),
+        "engine_check_p99_us": round(pct(samples, 0.99), 2),
+        "engine_checks": n,
+    }
+
+
+# --- gRPC over loopback -------------------------------------------------------------------
+
+
+async def grpc_bench(port: int, rate: float, seconds: float) -> dict[str, float]:
+    """Open loop at ``rate``: a call starts on its schedule whatever earlier calls do.
+
+    The load generator is grpcio's C-core client sending the request pre-serialised (with
+    the SDK's own message class) and reading raw bytes, so the figures are the server's and
+    the loopback's, not the client's Python cost. In-flight calls are capped; a call that
+    cannot start on time because of the cap is counted as ``grpc_late_starts``.
+    """
+    import grpc
+    from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
+
+    request = bytes(
+        pb.GetMeteredEntitlementRequest(
+            customer_id=CUSTOMER,
+            feature_id=FEATURE,
+            options=pb.MeteredEntitlementOptions(requested_usage=1),
+        )
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    call = channel.unary_unary("/stigg.sidecar.v1.SidecarService/GetMeteredEntitlement")
+    for _ in range(1000):  # connection, server caches, warm-up
+        answer = await call(request)
+    assert pb.GetMeteredEntitlementResponse().parse(answer).has_access
+    latencies: list[float] = []
+    errors = late = 0
+    in_flight = asyncio.Semaphore(256)
+
+    async def one() -> None:
+        nonlocal errors
+        t0 = time.perf_counter_ns()
+        try:
+            await call(request)
+        except grpc.RpcError:
+            errors += 1
+        else:
+            latencies.append((time.perf_counter_ns() - t0) / 1000)
+        finally:
+            in_flight.release()
+
+    total = int(rate * seconds)
+    interval = 1.0 / rate
+    loop = asyncio.get_running_loop()
+    tasks = []
+    start = loop.time()
+    for i in range(total):
+        due = start + i * interval
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight.locked():
+            late += 1
+        await in_flight.acquire()
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    await channel.close()
+    return {
+        "grpc_check_p50_us": round(pct(latencies, 0.50), 1),
+        "grpc_check_p99_us": round(pct(latencies, 0.99), 1),
+        "grpc_check_max_us": round(max(latencies), 1),
+        "grpc_rate_per_s": round(len(latencies) / elapsed, 1),
+        "grpc_target_rate_per_s": rate,
+        "grpc_checks": len(latencies),
+        "grpc_errors": errors,
+        "grpc_late_starts": late,
+    }
+
+
+async def sdk_bench(port: int, calls: int) -> dict[str, float]:
+    """Closed loop through the official stigg-sidecar-sdk client (its own cost included)."""
+    from stigg_sidecar_sdk import Stigg
+    from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
+
+    client = Stigg(
+        pb.ApiConfig(api_key="unused"), remote_sidecar_host="127.0.0.1", remote_sidecar_port=port
+    )
+    request = pb.GetMeteredEntitlementRequest(
+        customer_id=CUSTOMER,
+        feature_id=FEATURE,
+        options=pb.MeteredEntitlementOptions(requested_usage=1),
+    )
+    for _ in range(200):
+        await client.get_metered_entitlement(request)
+    latencies = []
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        resp = await client.get_metered_entitlement(request)
+        latencies.append((time.perf_counter_ns() - t0) / 1000)
+    assert resp.has_access
+    client.close()
+    return {
+        "sdk_check_p50_us": round(pct(latencies, 0.50), 1),
+        "sdk_check_p99_us": round(pct(latencies, 0.99), 1),
+        "sdk_checks": calls,
+    }
+
+
+# --- credit consumption over REST ------------------------------------------------------------
+
+
+def _request(port: int, api_key: str, body: bytes) -> bytes:
+    return (
+        b"POST /api/v1/credits/consumption HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{port}\r\nX-API-KEY: {api_key}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def consume_clients(
+    port: int,
+    api_key: str,
+    clients: int,
+    seconds: float | None,
+    body: dict[str, Any],
+    stop_on_refusal: bool,
+) -> tuple[list[float], dict[int, int]]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + (seconds or 3600)
+
+    async def client(n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        seq = 0
+        try:
+            while time.monotonic() < deadline:
+                seq += 1
+                payload = json.dumps({**body, "idempotencyKey": f"b-{n}-{seq}-{time.time_ns()}"})
+                t0 = time.perf_counter()
+                writer.write(_request(port, api_key, payload.encode()))
+                status = await _read_response(reader)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status != 200 and stop_on_refusal:
+                    return
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return latencies, statuses
+
+
+def grant(api: httpx.Client, customer: str, amount: float, resource: str | None = None) -> None:
+    body: dict[str, Any] = {
+        "amount": amount,
+        "currencyId": "credits",
+        "customerId": customer,
+        "displayName": "bench",
+        "grantType": "PAID",
+        "priority": 0,
+    }
+    if resource:
+        body["resourceId"] = resource
+    resp = api.post("/api/v1/credits/grants", json=body)
+    resp.raise_for_status()
+
+
+def consume_bench(
+    port: int, api_key: str, clients: int, seconds: float, exact: int
+) -> dict[str, Any]:
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"X-API-KEY": api_key}, timeout=60
+    )
+    # Throughput: one big wallet (customer-level credits of customer-acme).
+    grant(api, CUSTOMER, 10**9)
+    body = {"amount": 1, "currencyId": "credits", "customerId": CUSTOMER}
+    started = time.monotonic()
+    latencies, statuses = asyncio.run(
+        consume_clients(port, api_key, clients, seconds, body, stop_on_refusal=False)
+    )
+    elapsed = time.monotonic() - started
+    ok = statuses.get(200, 0)
+    # Overdraft: a wallet of exactly `exact` credits (team-support of customer-initech).
+    grant(api, "customer-initech", exact, "team-support")
+    body = {
+        "amount": 1,
+        "currencyId": "credits",
+        "customerId": "customer-initech",
+        "resourceId": "team-support",
+    }
+    _, drain = asyncio.run(
+        consume_clients(port, api_key, clients, None, body, stop_on_refusal=True)
+    )
+    check = api.get(
+        "/api/v1/customers/customer-initech/entitlements/check",
+        params={"currencyId": "credits", "resourceId": "team-support"},
+    ).json()
+    api.close()
+    granted_ok = drain.get(200, 0)
+    ledger_used = check["data"]["currentUsage"]
+    return {
+        "consume_per_s": round(ok / elapsed, 1),
+        "consume_p50_ms": round(pct(latencies, 0.50), 2),
+        "consume_p99_ms": round(pct(latencies, 0.99), 2),
+        "consume_requests": sum(statuses.values()),
+        "consume_non_200": sum(v for k, v in statuses.items() if k != 200),
+        "consume_clients": clients,
+        "overdraft": max(0, granted_ok - exact) + max(0, int(ledger_used) - exact),
+        "overdraft_wallet": exact,
+        "overdraft_consumed_200": granted_ok,
+        "overdraft_refused": sum(v for k, v in drain.items() if k != 200),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--grpc-seconds", type=float, default=10.0)
+    parser.add_argument("--engine-checks", type=int, default=200_000)
+    parser.add_argument("--sdk-checks", type=int, default=3000)
+    parser.add_argument("--consume-seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--overdraft-wallet", type=int, default=2000)
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "loadavg_before": round(os.getloadavg()[0], 2),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            api_key = stack.start()
+            results.update(
+                engine_bench(f"http://127.0.0.1:{stack.cp_port}", Path(tmp), args.engine_checks)
+            )
+            print(f"engine: {results}", flush=True)
+            results.update(asyncio.run(grpc_bench(stack.grpc_port, args.rate, args.grpc_seconds)))
+            results.update(asyncio.run(sdk_bench(stack.grpc_port, args.sdk_checks)))
+            print(f"grpc: {results}", flush=True)
+            results.update(
+                consume_bench(
+                    stack.api_port,
+                    api_key,
+                    args.clients,
+                    args.consume_seconds,
+                    args.overdraft_wallet,
+                )
+            )
+        finally:
+            stack.stop()
+    results["loadavg_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
