@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from grpclib.server import Server
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 from starlette.routing import BaseRoute, Route
 
 from byoc_platform.control_plane.client import AsyncControlPlaneClient
@@ -114,33 +115,43 @@ class EnforcementComponent:
         await self.usage_feed.produce(environment, events)
 
     def _register_metrics(self) -> None:
+        # Read at scrape time only (set_function): nothing is added to the check path.
         registry = self.context.registry
-        self.m_checks = Counter(
-            "byoc_enforcement_grpc_calls_total",
-            "SidecarService calls",
-            ["method"],
-            registry=registry,
-        )
-        self.m_latency = Histogram(
-            "byoc_enforcement_grpc_seconds",
-            "SidecarService latency",
-            ["method"],
-            registry=registry,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1),
-        )
-        lag = Gauge(
+        environment = self.settings.environment
+
+        def gauge(name: str, doc: str, read: Callable[[], float]) -> None:
+            Gauge(name, doc, registry=registry).set_function(read)
+
+        gauge(
             "byoc_enforcement_sync_age_seconds",
-            "Seconds since the last successful sync",
-            ["environment"],
-            registry=registry,
+            f"Seconds since the last successful sync of {environment}",
+            self._sync_age,
         )
-        lag.labels(self.settings.environment).set_function(self._sync_age)
-        counted = Gauge(
+        gauge(
+            "byoc_enforcement_sync_stale",
+            "1 when checks are answered as fallback",
+            lambda: float(self._is_stale(environment)),
+        )
+        gauge(
             "byoc_enforcement_events_counted",
             "Usage events counted into counters",
-            registry=registry,
+            lambda: self.counters.events_counted,
         )
-        counted.set_function(lambda: self.counters.events_counted)
+        gauge(
+            "byoc_enforcement_events_redelivered",
+            "Usage events seen again and not counted",
+            lambda: self.counters.events_replayed,
+        )
+        gauge(
+            "byoc_enforcement_grpc_answer_cache_hits",
+            "gRPC answers served pre-encoded",
+            lambda: self.grpc_service.answers.hits,
+        )
+        gauge(
+            "byoc_enforcement_grpc_answer_cache_misses",
+            "gRPC answers encoded afresh",
+            lambda: self.grpc_service.answers.misses,
+        )
 
     async def _maintain(self) -> None:
         """Expire due grants/reservations, refresh cached balances, prune old counters."""

@@ -152,3 +152,10 @@ def test_oversized_numbers_and_cursors_are_400_not_500(runtime: Runtime) -> None
         )
         assert cursor.status_code == 400
         assert "after" in cursor.json()["error"]["message"]
+
+
+def test_metrics_expose_sync_freshness(runtime: Runtime) -> None:
+    with runtime.http() as http:
+        text = http.get("/metrics").text
+    assert "byoc_enforcement_sync_stale 0.0" in text
+    assert "byoc_enforcement_sync_age_seconds" in text
