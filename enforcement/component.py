@@ -73,6 +73,7 @@ class EnforcementComponent:
             self.counters,
             events_sink=self._produce_events,
             reload=self._reload,
+            currencies=self.credits.currencies_of,
         )
         self.usage_hook = UsageHook(self.state, self.counters)
         # Aggregated usage accepted by ingestion (REST /api/v2/usage) lands in our counters.

@@ -307,8 +307,3 @@ class EntitlementEngine:
             for feature_id in sorted(view.entitlements)
         ]
         return None, decisions
-
-    def wallet_currencies(self, environment: str, customer_id: str) -> list[str]:
-        """Currencies the customer holds grants in (for the entitlements listing)."""
-        env = self.state.env(environment)
-        return sorted({g.currencyId for g in env.grants.values() if g.customerId == customer_id})

@@ -58,12 +58,14 @@ class SidecarService(pb.SidecarServiceBase):
         *,
         events_sink: EventSink | None = None,
         reload: Reloader | None = None,
+        currencies: Callable[[str, str, str | None], list[str]] = lambda env, c, r: [],
     ) -> None:
         self.environment = environment
         self.engine = engine
         self.counters = counters
         self.events_sink = events_sink
         self.reload = reload
+        self.currencies = currencies  # the credit currencies a customer holds wallets in
         self.answers = AnswerCache()
         self.codec = CachingCodec()
 
@@ -283,7 +285,9 @@ class SidecarService(pb.SidecarServiceBase):
         )
         items = [msg.entitlement_v2(d, d.feature.id if d.feature else "") for d in decisions]
         if reason is None:
-            for currency_id in self.engine.wallet_currencies(self.environment, request.customer_id):
+            for currency_id in self.currencies(
+                self.environment, request.customer_id, request.resource_id
+            ):
                 c = self.engine.check_credit(
                     self.environment, request.customer_id, currency_id, request.resource_id
                 )

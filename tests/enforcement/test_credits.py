@@ -327,3 +327,25 @@ def test_concurrent_rest_consumers_never_overdraw(
     assert len(refused) == 64
     assert credit_check(rest(runtime), customer).current_usage == 100
     runtime.component.credits.ledger.check_invariants()
+
+
+def test_entitlements_state_v2_lists_features_and_credits(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, runtime)
+    grant(rest(runtime), customer, 25)
+    state = call(
+        runtime,
+        lambda s: s.get_entitlements_state_v2(
+            pb.GetEntitlementsStateV2Request(customer_id=customer)
+        ),
+    )
+    assert state.access_denied_reason is None
+    credits = [e.credit for e in state.entitlements if e.credit.currency.currency_id]
+    assert [(c.currency.currency_id, c.usage_limit, c.remaining) for c in credits] == [
+        ("credits", 25, 25)
+    ]
+    features = {e.metered.feature.id for e in state.entitlements if e.metered.feature}
+    assert {"f-calls", "f-tokens", "f-storage"} <= features
+    listed = rest(runtime).v1.customers.retrieve_entitlements(customer).data.entitlements
+    assert any(e.type == "CREDIT" and e.usage_limit == 25 for e in listed)
