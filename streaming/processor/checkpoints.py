@@ -22,9 +22,10 @@ engine keeps the newest when loading.
 
 Fencing: claiming a partition records this instance as its owner; every later write checks it,
 so a processor that lost a partition (kicked from the group while still running) cannot
-overwrite the checkpoint of the new owner. ``pending_first``/``pending_last`` record the offset
-range of the flush being written (an intent), so a replay cuts its first batch at the same
-offsets and produces byte-identical inserts with the same dedup tokens.
+overwrite the checkpoint of the new owner. Before a flush is written, its offset ranges are
+recorded as the partitions' pending *intent* (with the flush's key, which names all its
+partitions), so a replay cuts the same flush again and produces byte-identical inserts with the
+same dedup tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS partitions (
     state BLOB,
     pending_first INTEGER,
     pending_last INTEGER,
+    pending_job TEXT,
     checkpointed_at REAL,
     PRIMARY KEY (stream, partition)
 );
@@ -70,6 +72,15 @@ _decode_entries = msgspec.msgpack.Decoder(list[tuple[str, str, str, int]]).decod
 
 
 @dataclass(frozen=True)
+class Pending:
+    """An intent: the offset range of a partition inside one flush, and that flush's key."""
+
+    first: int
+    last: int
+    job: str  # every (partition, range) of the flush; see warehouse_sink.job_key
+
+
+@dataclass(frozen=True)
 class Restored:
     """What a partition's new owner resumes from."""
 
@@ -78,7 +89,7 @@ class Restored:
     next_offset: int | None  # None: never checkpointed, start at the beginning of the log
     state: bytes | None
     dedup: list[DedupEntry]
-    pending: tuple[int, int] | None  # (first, last) offsets of a flush that may be half written
+    pending: Pending | None  # the flush that may be half written when the owner stopped
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,8 @@ class CheckpointStore:
         """Become the owner of ``partition`` and read what to resume from."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT epoch, next_offset, state, pending_first, pending_last FROM partitions "
+                "SELECT epoch, next_offset, state, pending_first, pending_last, pending_job "
+                "FROM partitions "
                 "WHERE stream = ? AND partition = ?",
                 (self.stream, partition),
             ).fetchone()
@@ -132,7 +144,7 @@ class CheckpointStore:
             else:
                 epoch = row[0] + 1
                 next_offset, state = row[1], row[2]
-                pending = (row[3], row[4]) if row[3] is not None else None
+                pending = Pending(row[3], row[4], row[5]) if row[3] is not None else None
                 db.execute(
                     "UPDATE partitions SET owner = ?, epoch = ? WHERE stream = ? AND partition = ?",
                     (self.owner, epoch, self.stream, partition),
@@ -145,15 +157,16 @@ class CheckpointStore:
                 dedup.extend(_decode_entries(data))
         return Restored(partition, epoch, next_offset, state, dedup, pending)
 
-    def record_intent(self, ranges: dict[int, tuple[int, int]]) -> set[int]:
-        """Record the offset ranges about to be written; returns partitions owned by another."""
+    def record_intent(self, ranges: dict[int, tuple[int, int]], job: str) -> set[int]:
+        """Record the offset ranges of flush ``job`` about to be written; returns the partitions
+        another instance owns now (nothing is recorded for them)."""
         fenced: set[int] = set()
         with self._transaction() as db:
             for partition, (first, last) in ranges.items():
                 updated = db.execute(
-                    "UPDATE partitions SET pending_first = ?, pending_last = ? "
+                    "UPDATE partitions SET pending_first = ?, pending_last = ?, pending_job = ? "
                     "WHERE stream = ? AND partition = ? AND owner = ?",
-                    (first, last, self.stream, partition, self.owner),
+                    (first, last, job, self.stream, partition, self.owner),
                 ).rowcount
                 if not updated:
                     fenced.add(partition)
@@ -170,7 +183,7 @@ class CheckpointStore:
             for cp in checkpoints:
                 updated = db.execute(
                     "UPDATE partitions SET next_offset = ?, state = ?, pending_first = NULL, "
-                    "pending_last = NULL, checkpointed_at = ? "
+                    "pending_last = NULL, pending_job = NULL, checkpointed_at = ? "
                     "WHERE stream = ? AND partition = ? AND owner = ?",
                     (cp.next_offset, cp.state, now, self.stream, cp.partition, self.owner),
                 ).rowcount

@@ -8,9 +8,15 @@ feeds records to the core per partition in offset order, and every ``flush_inter
 :class:`~streaming.processor.writer.Writer`. Kafka offsets are committed (advisory) after the
 writer has committed the checkpoint.
 
-Replays cut batches where the crashed run did: if a partition's checkpoint carries a pending
-intent (first, last), the processor flushes that partition exactly after offset ``last`` and
-not before, so the replayed inserts are byte-identical and carry the same dedup tokens.
+Replays cut flushes where the crashed run did: if a partition's checkpoint carries a pending
+intent (the flush being written when the previous owner stopped), the processor processes that
+partition up to the intent's last offset, holds later records, and once every partition of that
+flush has reached its boundary, re-makes exactly that flush: byte-identical blocks with the same
+dedup tokens, which ClickHouse drops if they had landed before the crash.
+
+Flushes are adaptive: every ``flush_interval_ms`` unless a flush is already waiting for the
+writer (then the core keeps accumulating, so a slow warehouse gets fewer, bigger blocks), and at
+the latest after ``max_batch`` events.
 
 Rebalances (eager protocol): on revoke, the revoked partitions are flushed and the writer drained
 (their checkpoints committed) before the partitions are released; on assign, the writer is
@@ -47,12 +53,15 @@ log = logging.getLogger(__name__)
 CONSUME_BATCH = 1000
 IDLE_POLL_S = 0.5
 SHUTDOWN_WRITE_TIMEOUT_S = 20.0
-FENCE_HOLD_MAX_S = 60.0  # give up cutting at a recorded boundary after this (never expected)
+FENCE_HOLD_MAX_S = 60.0  # give up re-cutting a crashed flush after this (never expected)
 
 
 @dataclass
 class _Fence:
+    """Replay boundary: the partition's pending intent from the previous owner's last flush."""
+
     last: int
+    job: str
     since: float
 
 
@@ -93,6 +102,7 @@ class StreamProcessor:
         self.writer = Writer(self.store, sink, publisher, self.topic, self.metrics)
         self._consumer: Any = None
         self._fences: dict[int, _Fence] = {}
+        self._held: dict[int, list[Any]] = {}  # records behind a replay boundary, in order
         self._batch_start: dict[int, int] = {}  # first offset processed since the last flush
         self._received_at: dict[int, int] = {}  # newest receivedAt processed
         self._checkpointed: dict[int, int | None] = {}
@@ -157,11 +167,16 @@ class StreamProcessor:
                 self.last_loop = time.monotonic()
                 for message in messages:
                     self._handle(message)
+                if self._fences:
+                    self._release_fences()
                 self._collect_results()
                 if self.writer.error is not None:
                     raise RuntimeError("stream writer failed") from self.writer.error
                 now = time.monotonic()
-                if now >= next_flush or self._events_since_flush >= max_batch:
+                # While a job already waits for the writer, keep accumulating: bigger flushes
+                # when the warehouse is slow, instead of a queue of small ones (adaptive).
+                due = now >= next_flush and not self.writer.has_queued
+                if due or self._events_since_flush >= max_batch:
                     self._flush()
                     next_flush = now + interval
         finally:
@@ -197,10 +212,17 @@ class StreamProcessor:
         engine = self.engine.partitions.get(partition)
         if engine is None:  # fenced and not re-assigned yet: not ours
             return
+        held = self._held.get(partition)
+        if held is not None:
+            held.append(message)
+            return
         offset = message.offset()
         fence = self._fences.get(partition)
         if fence is not None and offset > fence.last:
-            self._flush([partition])  # cut exactly where the crashed run cut
+            # Past the crashed run's boundary: hold it until that flush is cut again.
+            self._held[partition] = [message]
+            self._release_fences()
+            return
         try:
             batch = decode_batch(message.value())
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
@@ -215,28 +237,46 @@ class StreamProcessor:
             self._received_at[partition] = batch.receivedAt
             self._events_since_flush += len(batch.events)
 
-    def _flush(self, partitions: list[int] | None = None) -> None:
-        """Drain the core (all partitions, or the given ones) into one flush job."""
+    def _release_fences(self, force: bool = False) -> None:
+        """Re-cut each crashed flush once all its partitions here reached their boundaries.
+
+        The flush is re-made with exactly those partitions, so its blocks and tokens equal the
+        ones possibly written before the crash. If some of its partitions went to another
+        instance, the rest is still cut at its boundaries (the tokens then differ; the rows
+        converge under FINAL, see the package docstring)."""
         now = time.monotonic()
+        groups: dict[str, list[int]] = {}
+        for partition, fence in self._fences.items():
+            groups.setdefault(fence.job, []).append(partition)
+        for job, members in groups.items():
+            reached = all(self._at_fence(p) for p in members)
+            stale = now - self._fences[members[0]].since > FENCE_HOLD_MAX_S
+            if not (reached or force or stale):
+                continue
+            if not reached:
+                log.warning("replay of flush %s: boundaries not reached, cutting anyway", job)
+            for p in members:
+                del self._fences[p]
+            self._flush(members)
+            for p in members:
+                for message in self._held.pop(p, []):
+                    self._handle(message)
+
+    def _at_fence(self, partition: int) -> bool:
+        engine = self.engine.partitions.get(partition)
+        fence = self._fences[partition]
+        return engine is not None and (engine.next_offset or 0) - 1 >= fence.last
+
+    def _flush(self, partitions: list[int] | None = None) -> None:
+        """Drain the core (all partitions, or the given ones) into one flush job. Partitions
+        still before a replay boundary are left for :meth:`_release_fences`."""
         parts: list[PartitionFlush] = []
         for partition in sorted(partitions if partitions is not None else self._batch_start):
             first = self._batch_start.get(partition)
             engine = self.engine.partitions.get(partition)
-            if first is None or engine is None:
+            if first is None or engine is None or partition in self._fences:
                 continue
             last = (engine.next_offset or 0) - 1
-            fence = self._fences.get(partition)
-            if fence is not None:
-                if last < fence.last and now - fence.since < FENCE_HOLD_MAX_S:
-                    continue  # not yet at the boundary of the pending intent: hold
-                if last != fence.last:
-                    log.warning(
-                        "partition %d: replay boundary %d not met (at %d); cutting anyway",
-                        partition,
-                        fence.last,
-                        last,
-                    )
-                del self._fences[partition]
             output = engine.drain(include_open=True)
             checkpoint = engine.checkpoint()
             parts.append(
@@ -311,17 +351,18 @@ class StreamProcessor:
             tp.offset = (
                 restored.next_offset if restored.next_offset is not None else OFFSET_BEGINNING
             )
-            if restored.pending is not None and (
-                restored.next_offset is None or restored.pending[1] >= restored.next_offset
+            pending = restored.pending
+            if pending is not None and (
+                restored.next_offset is None or pending.last >= restored.next_offset
             ):
-                self._fences[p] = _Fence(restored.pending[1], time.monotonic())
+                self._fences[p] = _Fence(pending.last, pending.job, time.monotonic())
             log.info(
-                "assigned partition %d: resume at %s (epoch %d, %d dedup entries, fence %s)",
+                "assigned partition %d: resume at %s (epoch %d, %d dedup entries, replay fence %s)",
                 p,
                 restored.next_offset,
                 restored.epoch,
                 len(restored.dedup),
-                restored.pending,
+                f"{pending.last} of flush {pending.job}" if p in self._fences else None,
             )
         consumer.assign(partitions)
         self.joined = True
@@ -330,6 +371,8 @@ class StreamProcessor:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = [tp.partition for tp in partitions]
         if self.writer.error is None and not self.abort.is_set():
+            if any(p in self._fences for p in revoked):
+                self._release_fences()  # cut what reached its boundary; the rest is dropped
             self._flush(revoked)
             self.writer.wait_idle()
         self._collect_results()
@@ -347,6 +390,7 @@ class StreamProcessor:
     def _drop(self, partition: int) -> None:
         self.engine.revoke(partition)
         self._fences.pop(partition, None)
+        self._held.pop(partition, None)
         self._batch_start.pop(partition, None)
         self._received_at.pop(partition, None)
         self._checkpointed.pop(partition, None)

@@ -5,7 +5,7 @@ range and the checkpoint taken right after. The thread handles jobs strictly in 
 
 1. record the ranges as the partitions' pending intent (checkpoint store; fences stale owners),
 2. start producing the deduplicated events to ``usage.deduped`` (acks arrive meanwhile),
-3. insert the rows into ClickHouse, one block per (partition, range, table) with its dedup token,
+3. insert the rows into ClickHouse, one block per table with the flush's dedup token,
 4. wait for every ``usage.deduped`` acknowledgement,
 5. commit the checkpoints (state + next offsets + dedup changes) in one transaction.
 
@@ -36,6 +36,7 @@ from streaming.processor.warehouse_sink import (
     TABLES,
     WarehouseSink,
     dedup_token,
+    job_key,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Writer:
         publisher: DedupedPublisher,
         topic: str,
         metrics: ProcessorMetrics,
-        max_pending: int = 2,
+        max_pending: int = 1,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -109,6 +110,11 @@ class Writer:
             except queue.Full:
                 if not self.alive:
                     raise RuntimeError("stream writer stopped") from self.error
+
+    @property
+    def has_queued(self) -> bool:
+        """A job waits behind the one being written (flushing now would only queue more)."""
+        return not self._jobs.empty()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until every submitted job is done (or the thread died); False on timeout."""
@@ -159,19 +165,21 @@ class Writer:
 
     def _write(self, job: FlushJob) -> None:
         parts = [p for p in job.parts if p.partition not in self._fenced]
-        fenced = self.store.record_intent({p.partition: (p.first, p.last) for p in parts})
+        ranges = {p.partition: (p.first, p.last) for p in parts}
+        key = job_key(ranges)
+        fenced = self.store.record_intent(ranges, key)
         if fenced:
+            # Another instance owns them now; the rest is written under the same key (the
+            # intent names the full flush), so a replay of it still cuts the same flush.
             self._fence(fenced)
             parts = [p for p in parts if p.partition not in fenced]
         records = [r for p in parts for r in deduped_records(p.output.events)]
         self.publisher.send(records)
-        for p in parts:
-            for table, columns, encode in TABLES:
-                rows = _rows(p.output, table)
-                if rows:
-                    token = dedup_token(self.topic, p.partition, p.first, p.last, table)
-                    self.sink.insert(table, columns, encode(rows), token)
-                    self.metrics.rows_written.labels(table).inc(len(rows))
+        for table, columns, encode in TABLES:
+            rows = [row for p in parts for row in _rows(p.output, table)]
+            if rows:
+                self.sink.insert(table, columns, encode(rows), dedup_token(self.topic, key, table))
+                self.metrics.rows_written.labels(table).inc(len(rows))
         self.publisher.wait()
         self.metrics.deduped_published.inc(len(records))
         late = self.store.commit([p.checkpoint for p in parts])

@@ -392,3 +392,160 @@ def event_rows(ch: Any, db: str, environment: str, final: bool = True) -> list[t
         "WHERE environment = {env:String}",
         parameters={"env": environment},
     ).result_rows
+
+
+# ------------------------------------------------------------------------ fault injection
+
+
+class ClickHouseFaultProxy:
+    """An HTTP proxy in front of the warehouse that can break INSERTs on purpose.
+
+    Modes for INSERT requests (anything else always passes):
+    - ``pass``: forward.
+    - ``block_after(n)``: forward ``n`` more inserts, then hold every later insert forever
+      (the processor is stuck mid-flush, as if killed there).
+    - ``lose_acks(n)``: forward the next ``n`` inserts but answer them with 502, as if the
+      response was lost after ClickHouse had stored the block.
+    """
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading as _threading
+
+        self.target = target.rstrip("/")
+        self.inserts_forwarded = 0
+        self.acks_lost = 0
+        self.blocked = _threading.Event()
+        self._release = _threading.Event()
+        self._lock = _threading.Lock()
+        self._pass_left: int | None = None
+        self._lose_left = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._forward(b"")
+
+            def do_POST(self) -> None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            break
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    body = b"".join(chunks)
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                query = parse_qs(urlsplit(self.path).query).get("query", [""])[0]
+                # clickhouse-connect sends the INSERT statement in the URL or heading the body.
+                is_insert = query.lstrip().upper().startswith("INSERT") or body[
+                    :16
+                ].lstrip().upper().startswith(b"INSERT")
+                lose = False
+                if is_insert:
+                    with proxy._lock:
+                        if proxy._pass_left is not None:
+                            if proxy._pass_left <= 0:
+                                proxy.blocked.set()
+                                block = True
+                            else:
+                                proxy._pass_left -= 1
+                                block = False
+                        else:
+                            block = False
+                        if not block and proxy._lose_left > 0:
+                            proxy._lose_left -= 1
+                            lose = True
+                    if block:
+                        proxy._release.wait()
+                        self.close_connection = True
+                        return
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower()
+                    not in ("host", "content-length", "transfer-encoding", "connection")
+                }
+                request = urllib.request.Request(
+                    proxy.target + self.path,
+                    data=body if self.command == "POST" else None,
+                    headers=headers,
+                    method=self.command,
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, payload = response.status, response.read()
+                        out_headers = dict(response.headers.items())
+                except urllib.error.HTTPError as exc:
+                    status, payload, out_headers = exc.code, exc.read(), dict(exc.headers.items())
+                if is_insert and status == 200:
+                    with proxy._lock:
+                        proxy.inserts_forwarded += 1
+                        if lose:
+                            proxy.acks_lost += 1
+                if lose:
+                    status, payload, out_headers = 502, b"ack lost (test proxy)\n", {}
+                self.send_response(status)
+                for k, v in out_headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        import http.server as _hs
+
+        self._server = _hs.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = _threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def block_after(self, inserts: int) -> None:
+        with self._lock:
+            self._pass_left = inserts
+
+    def lose_acks(self, inserts: int) -> None:
+        with self._lock:
+            self._lose_left = inserts
+
+    def release(self) -> None:
+        """Back to pass-through; held inserts are dropped unanswered (their client is gone)."""
+        with self._lock:
+            self._pass_left = None
+        self._release.set()
+
+    def close(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def pending_intents(s: Settings) -> list[tuple[int, str]]:
+    path = s.data_dir / "stream" / "checkpoints.db"
+    stream = f"{s.stream.consumer_group}/{s.kafka.events_topic}"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(
+            "SELECT partition, pending_job FROM partitions WHERE stream = ? "
+            "AND pending_job IS NOT NULL",
+            (stream,),
+        ).fetchall()
+    finally:
+        db.close()

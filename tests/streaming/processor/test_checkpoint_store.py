@@ -6,7 +6,7 @@ from pathlib import Path
 
 from byoc_platform.events import SCHEMA_VERSION, EventBatch, UsageEvent
 from streaming.engine import EngineConfig, StreamEngine
-from streaming.processor.checkpoints import CheckpointStore
+from streaming.processor.checkpoints import CheckpointStore, Pending
 
 CONFIG = EngineConfig(dedup_window_ms=10_000)
 
@@ -63,16 +63,18 @@ def test_intent_is_returned_to_the_next_owner_and_cleared_by_the_commit(tmp_path
     engine.process(3, 0, _batch(1000, ["a"]))
     engine.drain()
     checkpoint = engine.checkpoint(3)
-    assert store.record_intent({3: (0, 0)}) == set()
+    assert store.record_intent({3: (0, 0)}, "3:0-0") == set()
     # Crash here: the next owner learns where the half-written batch ended.
-    assert CheckpointStore(tmp_path / "cp.db", "g/t", owner="x").claim(3).pending == (0, 0)
+    assert CheckpointStore(tmp_path / "cp.db", "g/t", owner="x").claim(3).pending == Pending(
+        0, 0, "3:0-0"
+    )
     # The old owner has been fenced by that claim: its commit is refused.
     assert store.commit([checkpoint]) == {3}
-    assert store.record_intent({3: (1, 1)}) == {3}
+    assert store.record_intent({3: (1, 1)}, "3:1-1") == {3}
 
     store2 = CheckpointStore(tmp_path / "cp.db", "g/t", owner="y")
     restored = store2.claim(3)
-    assert restored.next_offset is None and restored.pending == (0, 0)
+    assert restored.next_offset is None and restored.pending == Pending(0, 0, "3:0-0")
     assert store2.commit([checkpoint]) == set()
     assert store2.claim(3).pending is None
     assert store2.claim(3).next_offset == 1

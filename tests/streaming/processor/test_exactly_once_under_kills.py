@@ -60,12 +60,13 @@ def test_sigkill_at_random_points_loses_nothing_and_writes_nothing_twice(
             proc.wait_ready()
             time.sleep(rng.uniform(0.2, 2.5))  # a random point in its life
             assert proc.kill() == -9
-            fences_seen += proc.log_text().count("fence (")
+            fences_seen += proc.log_text().count("of flush")
         feeder.join()
         produced = producer.flush()
         final = ProcessorProcess(s, name="final").start()
+        final.wait_ready()
         wait_checkpointed(s, produced.end_offsets(), alive=final.check_alive)
-        fences_seen += final.log_text().count("fence (")
+        fences_seen += final.log_text().count("of flush")
         assert final.stop() == 0, final.log_tail()
     finally:
         feeder.join()

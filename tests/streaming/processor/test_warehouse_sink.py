@@ -70,7 +70,7 @@ def test_rows_round_trip_exactly_and_a_resent_block_is_dropped(infra: Stack) -> 
     }
     for _ in range(2):  # the second round is a retry/replay: same tokens
         for table, columns, encode in TABLES:
-            sink.insert(table, columns, encode(rows_of[table]), dedup_token(topic, 0, 0, 1, table))
+            sink.insert(table, columns, encode(rows_of[table]), dedup_token(topic, "0:0-1", table))
 
     ch = infra.clickhouse()
     events = ch.query(
