@@ -5,7 +5,6 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job
 
 from assets.archive.defs import cold_archive
-from assets.partitions import DAILY, HOURLY
 from assets.publish.defs import published_usage
 from assets.quality.coverage import pipeline_coverage
 from assets.retention.defs import retention
@@ -15,13 +14,11 @@ from assets.rollups.defs import hourly_usage_rollup
 rollup_and_publish_job = define_asset_job(
     "rollup_and_publish",
     selection=AssetSelection.assets(hourly_usage_rollup, published_usage),
-    partitions_def=HOURLY,
     description="Roll up one hour, check it, publish it to the control plane.",
 )
 archive_job = define_asset_job(
     "daily_archive",
     selection=AssetSelection.assets(cold_archive),
-    partitions_def=DAILY,
     description="Archive one day of raw events to the cold tier.",
 )
 retention_job = define_asset_job(

@@ -121,7 +121,7 @@ def make_events(
             Event(
                 customer_id=rng.choice(customers),
                 event_name=name,
-                idempotency_key=f"k-{seed}-{i}",
+                idempotency_key=f"k-{hour:%Y%m%d%H}-{seed}-{i}",
                 event_time=hour + timedelta(milliseconds=rng.randint(0, 3_599_999)),
                 resource_id=rng.choice(["", "", "team-a"]),
                 labels=labels,

@@ -1,0 +1,132 @@
+"""Retention: hot partitions go only once archived; old archives expire; all recorded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from dagster import AssetSelection
+
+from assets.archive.hours import object_key
+from assets.partitions import day_key
+from assets.quality.checks import compare_archive
+from assets.retention.policy import hot_days
+from byoc_platform.clients import s3
+from tests.assets.conftest import metadata, run
+from tests.assets.usage_data import (
+    fresh_day,
+    insert_events,
+    make_events,
+    minute_rows_from_events,
+    settings_file,
+)
+
+pytestmark = pytest.mark.integration
+
+RETENTION = AssetSelection.assets("retention")
+ARCHIVE = AssetSelection.assets("cold_archive")
+
+
+def rows_of(ch, env, day) -> dict[str, int]:
+    params = {"e": env, "d": day.date()}
+    return {
+        table: ch.command(
+            f"SELECT count() FROM byoc.{table} WHERE environment = {{e:String}} "
+            f"AND toDate({column}) = {{d:Date}}",
+            parameters=params,
+        )
+        for table, column in (("usage_events", "event_time"), ("usage_minute", "minute"))
+    }
+
+
+def test_retention_drops_only_verified_archived_days(infra, env, ch, tmp_path):
+    # Days early in 2025 that no other test of the session uses, and a policy evaluated
+    # as of a moment that makes exactly them (and older days) older than hot_days.
+    archived, unarchived, stale = (fresh_day(1, 15) for _ in range(3))
+    now = max(archived, unarchived, stale) + timedelta(days=31)
+    policy = settings_file(
+        tmp_path, infra.settings, retention={"hot_days": 30, "archive_days": 3650}
+    )
+    for day in (archived, unarchived, stale):
+        for h in (1, 22):
+            insert_events(ch, "byoc", env, make_events(day + timedelta(hours=h), 30, seed=h))
+        minute_rows_from_events(ch, "byoc", env, day, day + timedelta(days=1))
+    assert run(ARCHIVE, day_key(archived), policy).success
+    assert run(ARCHIVE, day_key(stale), policy).success
+    # A late event after the archive: the archive no longer holds everything.
+    insert_events(ch, "byoc", env, make_events(stale + timedelta(hours=1), 1, seed=77))
+
+    result = run(
+        RETENTION, None, policy, {"ops": {"retention": {"config": {"now": now.isoformat()}}}}
+    )
+
+    assert result.success
+    assert rows_of(ch, env, archived) == {"usage_events": 0, "usage_minute": 0}
+    kept = rows_of(ch, env, unarchived)
+    assert kept["usage_events"] == 60 and kept["usage_minute"] > 0
+    assert rows_of(ch, env, stale)["usage_events"] == 61
+    assert archived.date() not in hot_days(ch, "byoc", "usage_events")
+    meta = metadata(result, "retention")
+    dropped = {d["day"]: d for d in meta["dropped_days"]}
+    refused = {d["day"]: d["reason"] for d in meta["refused_days"]}
+    assert str(archived.date()) in dropped
+    assert "no verified archive" in refused[str(unarchived.date())]
+    assert "differs from ClickHouse" in refused[str(stale.date())]
+    logged = ch.query(
+        "SELECT action, day FROM byoc.retention_log WHERE day IN {d:Array(Date)}",
+        parameters={"d": [archived.date(), unarchived.date()]},
+    ).result_rows
+    assert ("drop_partition", archived.date()) in logged
+    assert ("refuse_drop", unarchived.date()) in logged
+    # The archive of the dropped day is still there, and its check accepts the retired hours.
+    client = s3(infra.settings)
+    client.head_object(
+        Bucket=infra.settings.s3.archive_bucket,
+        Key=object_key(env, archived + timedelta(hours=1)),
+    )
+    comparison = compare_archive(ch, "byoc", archived)
+    assert comparison.retired and comparison.passed and comparison.archive_rows >= 60
+
+
+def test_retention_expires_archives_older_than_the_archive_policy(infra, env, ch, tmp_path):
+    day = fresh_day(1, 15)
+    insert_events(ch, "byoc", env, make_events(day + timedelta(hours=4), 20, seed=4))
+    policy = settings_file(
+        tmp_path, infra.settings, retention={"hot_days": 3650, "archive_days": 60}
+    )
+    assert run(ARCHIVE, day_key(day), policy).success
+    key = object_key(env, day + timedelta(hours=4))
+    client = s3(infra.settings)
+    bucket = infra.settings.s3.archive_bucket
+    client.head_object(Bucket=bucket, Key=key)
+
+    # Evaluated 59 days later: kept. 61 days later: expired.
+    kept = run(
+        RETENTION,
+        None,
+        policy,
+        {
+            "ops": {
+                "retention": {"config": {"now": (day + timedelta(days=59, hours=12)).isoformat()}}
+            }
+        },
+    )
+    assert kept.success and client.list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 1
+    expired = run(
+        RETENTION,
+        None,
+        policy,
+        {"ops": {"retention": {"config": {"now": (day + timedelta(days=61)).isoformat()}}}},
+    )
+
+    assert expired.success
+    prefix = f"events/env={env}/date={day:%Y-%m-%d}/"
+    assert client.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] == 0
+    meta = metadata(expired, "retention")
+    assert f"{env}/{day:%Y-%m-%d}" in meta["expired_archive_days"]
+    assert meta["expired_objects"] >= 2  # the Parquet file and its manifest
+    status = ch.command(
+        "SELECT status FROM byoc.archive_manifests FINAL WHERE environment = {e:String}",
+        parameters={"e": env},
+    )
+    assert status == "expired"
