@@ -63,6 +63,36 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (contention-proof cost, unlike wall time)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self._start: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            now, then = cpu_seconds(pid), self._start.get(name)
+            if now is not None and then is not None:
+                out[name] = round(now - then, 2)
+        return out
+
+
 # ------------------------------------------------------------------------ stack + processor
 
 
@@ -117,6 +147,15 @@ class Processor:
         )
         self.url = f"http://127.0.0.1:{s.ports.stream}"
 
+    @property
+    def pid(self) -> int:
+        """The processor's own pid (py-spy's child when profiling)."""
+        if not self.profiled:
+            return self.process.pid
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        found = children.read_text().split() if children.exists() else []
+        return int(found[0]) if found else self.process.pid
+
     def _get(self, path: str) -> tuple[int, bytes]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=2) as response:
@@ -155,6 +194,18 @@ class Processor:
             if line.startswith(name + " "):
                 return float(line.split(" ")[1])
         return 0.0
+
+    def stages(self) -> dict[str, float]:
+        """Mean seconds per writer stage (from the processor's histogram), in ms."""
+        _, body = self._get("/metrics")
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            for suffix, target in (("_sum{", sums), ("_count{", counts)):
+                if line.startswith("byoc_stream_write_stage_seconds" + suffix):
+                    name = line.split('stage="')[1].split('"')[0]
+                    target[name] = float(line.rsplit(" ", 1)[1])
+        return {k: round(1000 * sums[k] / counts[k], 1) for k in sums if counts.get(k)}
 
     def stop(self) -> None:
         # Under py-spy, stop the profiled child so py-spy writes its profile and exits.
@@ -235,6 +286,8 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
         started = time.monotonic()
         proc.wait_ready()
         ready = time.monotonic()
+        meter = CpuMeter({"processor": proc.pid, **args.stack_pids})
+        meter.start()
         last_report = ready
         while True:
             done = proc.metric("byoc_stream_events_durable_total")
@@ -247,6 +300,7 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
                 last_report = time.monotonic()
             time.sleep(0.05)
         finished = time.monotonic()
+        cpu = meter.stop()
     finally:
         proc.stop()
     ch = clients.clickhouse(s)
@@ -264,6 +318,10 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
         "seconds_after_join": round(seconds, 3),
         "seconds_including_start": round(finished - started, 3),
         "events_per_s": round(total / seconds),
+        "cpu_seconds": cpu,
+        "events_per_processor_cpu_s": round(total / cpu["processor"])
+        if cpu.get("processor")
+        else None,
     }
     say(f"  throughput: {result}")
     return result
@@ -305,6 +363,8 @@ def freshness(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict[
     stop_deadline = [float("inf")]
     try:
         proc.wait_ready()
+        meter = CpuMeter({"processor": proc.pid, "bench": os.getpid(), **args.stack_pids})
+        meter.start()
         say(f"freshness: {args.rate} events/s for {args.seconds}s, markers every 20 ms")
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
@@ -359,11 +419,14 @@ def freshness(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict[
                 )
             producer.poll(0)
         elapsed = time.monotonic() - t_start
+        cpu = {name: round(v / elapsed, 2) for name, v in meter.stop().items()}
         producer.flush(60)
         stop_deadline[0] = time.monotonic() + 30
         stop.set()
         poller.join(60)
         durable = proc.metric("byoc_stream_events_durable_total")
+        stages = proc.stages()
+        flushes = proc.metric("byoc_stream_batch_seconds_count")
     finally:
         stop.set()
         proc.stop()
@@ -383,6 +446,9 @@ def freshness(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict[
         "poll_interval_ms": args.poll_ms,
         "poll_query_p50_ms": round(statistics.median(query_ms), 1) if query_ms else None,
         "events_durable_at_end": int(durable),
+        "cores_used_while_producing": cpu,
+        "flushes": int(flushes),
+        "writer_stage_mean_ms": stages,
     }
     say(f"  freshness: {result}")
     return result
@@ -406,11 +472,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="byoc-bench-stream-") as tmp:
         data_dir = Path(tmp)
         stack = None
+        args.stack_pids = {}
         if args.stack_settings:
             base = Settings.model_validate_json(args.stack_settings.read_text())
         else:
             say("starting a local stack (KMS, S3, Kafka on S3, warehouse) on free ports ...")
             base, stack = start_own_stack(data_dir / "stack")
+            args.stack_pids = {
+                name: running.process.pid for name, running in stack.supervisor.running.items()
+            }
         try:
             out: dict[str, Any] = {
                 "cores": os.cpu_count(),
@@ -423,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if stack is not None:
                 stack.supervisor.stop()
+    out["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     out["events_per_s"] = out.get("throughput", {}).get("events_per_s")
     out["freshness_p50_ms"] = out.get("freshness", {}).get("freshness_p50_ms")
     out["freshness_p99_ms"] = out.get("freshness", {}).get("freshness_p99_ms")

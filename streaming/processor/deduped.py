@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaException
 
 from byoc_platform.events import SCHEMA_VERSION, record_key
 from streaming.engine import EventRow
@@ -95,10 +96,17 @@ class DedupedPublisher:
         self._abort = abort
         self._flush_timeout_s = flush_timeout_s
         self._failed: list[Record] = []
+        self._broken = False  # the producer hit a fatal error (e.g. the broker lost its state)
 
     def _get(self) -> Any:
+        if self._producer is not None and self._broken:
+            log.warning("replacing the usage.deduped producer after a fatal error")
+            old, self._producer = self._producer, None
+            old.purge()  # every record still outstanding fails into _failed, to be resent
+            old.flush(5)
         if self._producer is None:
             self._producer = self._producer_factory()
+            self._broken = False
         return self._producer
 
     def send(self, records: Sequence[Record]) -> None:
@@ -118,11 +126,18 @@ class DedupedPublisher:
                     break
                 except BufferError:  # local queue full: serve callbacks and try again
                     producer.poll(0.05)
+                except KafkaException as exc:  # fatal producer state: start a new session
+                    if not exc.args[0].fatal():
+                        raise
+                    self._broken = True
+                    producer = self._get()
 
     def _delivered(self, record: Record) -> Callable[[Any, Any], None]:
         def callback(err: Any, msg: Any) -> None:
             if err is not None:
                 self._failed.append(record)
+                if err.fatal():
+                    self._broken = True
 
         return callback
 
@@ -131,14 +146,16 @@ class DedupedPublisher:
         producer = self._get()
         while True:
             remaining = producer.flush(self._flush_timeout_s)
-            if remaining == 0 and not self._failed:
+            if remaining == 0 and not self._failed and not self._broken:
                 return
             if self._abort.is_set():
                 raise Aborted(f"publishing to {self.topic} abandoned ({remaining} unacknowledged)")
-            if remaining:
+            if remaining and not self._broken:
                 log.warning("%d records to %s still unacknowledged; waiting", remaining, self.topic)
                 continue
+            producer = self._get()  # a broken producer is replaced; its records fail over
             failed, self._failed = self._failed, []
             log.warning("%d records to %s failed; resending", len(failed), self.topic)
             self._abort.wait(0.5)
             self.send(failed)
+            producer = self._get()

@@ -57,6 +57,13 @@ class ProcessorMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "byoc_stream_write_stage_seconds",
+            "Time of each step of a flush on the writer thread",
+            ["stage"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
         self.batch_events = Histogram(
             "byoc_stream_batch_events",
             "Unique events per flush",

@@ -164,6 +164,9 @@ class Writer:
                 return
 
     def _write(self, job: FlushJob) -> None:
+        stage = self.metrics.stage_seconds
+        started = time.monotonic()
+        stage.labels("queued").observe(started - job.drained_at)
         parts = [p for p in job.parts if p.partition not in self._fenced]
         ranges = {p.partition: (p.first, p.last) for p in parts}
         key = job_key(ranges)
@@ -173,21 +176,31 @@ class Writer:
             # intent names the full flush), so a replay of it still cuts the same flush.
             self._fence(fenced)
             parts = [p for p in parts if p.partition not in fenced]
+        t = time.monotonic()
+        stage.labels("intent").observe(t - started)
         records = [r for p in parts for r in deduped_records(p.output.events)]
         self.publisher.send(records)
+        t, before = time.monotonic(), t
+        stage.labels("deduped_send").observe(t - before)
         for table, columns, encode in TABLES:
             rows = [row for p in parts for row in _rows(p.output, table)]
             if rows:
                 self.sink.insert(table, columns, encode(rows), dedup_token(self.topic, key, table))
                 self.metrics.rows_written.labels(table).inc(len(rows))
+        t, before = time.monotonic(), t
+        stage.labels("clickhouse").observe(t - before)
         self.publisher.wait()
         self.metrics.deduped_published.inc(len(records))
+        t, before = time.monotonic(), t
+        stage.labels("deduped_ack").observe(t - before)
         late = self.store.commit([p.checkpoint for p in parts])
         if late:
             self._fence(late)
+        t, before = time.monotonic(), t
+        stage.labels("checkpoint").observe(t - before)
         committed = [p for p in parts if p.partition not in late]
         self.metrics.events_durable.inc(sum(len(p.output.events) for p in committed))
-        self.metrics.batch_seconds.observe(time.monotonic() - job.drained_at)
+        self.metrics.batch_seconds.observe(t - job.drained_at)
         self.metrics.batch_events.observe(sum(len(p.output.events) for p in parts))
         self.results.put(JobResult(committed, fenced | late))
 
