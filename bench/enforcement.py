@@ -45,6 +45,7 @@ from byoc_platform.control_plane.client import ControlPlaneClient  # noqa: E402
 ENV = "development"
 CP_KEY = "bench-control-plane-key"
 CUSTOMER, FEATURE = "customer-acme", "feature-api-calls"  # default seed: plan-pro, metered
+GRPC_WARMUP = 1000
 
 
 def free_port() -> int:
@@ -56,6 +57,12 @@ def free_port() -> int:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -192,7 +199,7 @@ async def grpc_bench(port: int, rate: float, seconds: float) -> dict[str, float]
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     call = channel.unary_unary("/stigg.sidecar.v1.SidecarService/GetMeteredEntitlement")
-    for _ in range(1000):  # connection, server caches, warm-up
+    for _ in range(GRPC_WARMUP):  # connection, server caches, warm-up
         answer = await call(request)
     assert pb.GetMeteredEntitlementResponse().parse(answer).has_access
     latencies: list[float] = []
@@ -410,9 +417,16 @@ def main() -> None:
                 engine_bench(f"http://127.0.0.1:{stack.cp_port}", Path(tmp), args.engine_checks)
             )
             print(f"engine: {results}", flush=True)
+            server = stack.procs[1].pid
+            cpu0 = cpu_seconds(server)
             results.update(asyncio.run(grpc_bench(stack.grpc_port, args.rate, args.grpc_seconds)))
+            # CPU the server spent per check: its capacity, whatever else the machine runs.
+            results["grpc_server_cpu_us_per_check"] = round(
+                (cpu_seconds(server) - cpu0) / (results["grpc_checks"] + GRPC_WARMUP) * 1e6, 1
+            )
             results.update(asyncio.run(sdk_bench(stack.grpc_port, args.sdk_checks)))
             print(f"grpc: {results}", flush=True)
+            cpu0 = cpu_seconds(server)
             results.update(
                 consume_bench(
                     stack.api_port,
@@ -421,6 +435,10 @@ def main() -> None:
                     args.consume_seconds,
                     args.overdraft_wallet,
                 )
+            )
+            ops = results["consume_requests"] + results["overdraft_wallet"] + args.clients
+            results["consume_server_cpu_us_per_op"] = round(
+                (cpu_seconds(server) - cpu0) / ops * 1e6, 1
             )
         finally:
             stack.stop()
