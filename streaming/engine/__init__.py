@@ -11,6 +11,7 @@ from streaming.engine.engine import StreamEngine
 from streaming.engine.partition import (
     Checkpoint,
     Counters,
+    InvalidRecord,
     Output,
     PartitionEngine,
     PendingOutputError,
@@ -36,6 +37,7 @@ __all__ = [
     "Dimensions",
     "EngineConfig",
     "EventRow",
+    "InvalidRecord",
     "LateHourRow",
     "MinuteRow",
     "Output",

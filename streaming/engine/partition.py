@@ -22,6 +22,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from byoc_platform.events import EventBatch, decode_batch
 from streaming.engine.config import EngineConfig
 from streaming.engine.dedup import DedupIndex
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 NO_WATERMARK = -(2**62)  # before the first event: nothing is late
 _NEVER = 2**62  # sentinel end in the heap of window ends, so the hot loop needs no emptiness test
+
+
+class InvalidRecord(ValueError):
+    """A record value that is not an EventBatch (dead-letter it; the engine state is intact)."""
 
 
 class PendingOutputError(RuntimeError):
@@ -121,7 +127,11 @@ class PartitionEngine:
     # ------------------------------------------------------------------ processing
     def process_value(self, offset: int, value: bytes) -> bool:
         """Decode a Kafka record value (byoc_platform.events format) and process it."""
-        return self.process(offset, decode_batch(value))
+        try:
+            batch = decode_batch(value)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise InvalidRecord(f"partition {self.partition} offset {offset}: {exc}") from exc
+        return self.process(offset, batch)
 
     def process(self, offset: int, batch: EventBatch) -> bool:
         """Process one record; False if ``offset`` is already covered by the state (skipped)."""

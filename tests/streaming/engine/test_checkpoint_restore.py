@@ -10,6 +10,7 @@ from stream_fixtures import load_partitions
 from byoc_platform.events import encode_batch
 from streaming.engine import (
     EngineConfig,
+    InvalidRecord,
     Output,
     PartitionEngine,
     PendingOutputError,
@@ -124,3 +125,12 @@ def test_stream_engine_assigns_processes_and_checkpoints_partitions() -> None:
         engine.assign(2, state)
     assert engine.assign(1, state).next_offset == 1
     assert engine.checkpoint(0).next_offset == 1
+
+
+def test_undecodable_record_is_refused_without_touching_state() -> None:
+    engine = PartitionEngine(3, CONFIG)
+    engine.process(0, rec(T0, ev("a", T0)))
+    with pytest.raises(InvalidRecord, match="partition 3 offset 1"):
+        engine.process_value(1, b'{"v":1,"environment":"prod"}')  # no receivedAt/events
+    assert engine.next_offset == 1
+    assert engine.process(1, rec(T0, ev("b", T0))) is True
