@@ -59,18 +59,24 @@ def is_transient(error: BaseException) -> bool:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "event", "op", "result")
+    """One queued operation. ``wake`` is a plain lock created held: the caller blocks on
+    acquiring it and the leader releases it once (cheaper than an Event's condition)."""
+
+    __slots__ = ("done", "error", "op", "result", "wake")
 
     def __init__(self, op: Op) -> None:
         self.op = op
-        self.event = threading.Event()
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
 
     def finish(self, result: Any, error: BaseException | None) -> None:
+        if self.done:
+            return
         self.result, self.error, self.done = result, error, True
-        self.event.set()
+        self.wake.release()
 
 
 class Committer:
@@ -98,7 +104,7 @@ class Committer:
             lead = not self._leading
             self._leading = True
         if not lead:
-            pending.event.wait()
+            pending.wake.acquire()
             if pending.done:
                 return self._outcome(pending)
             # Woken without a result: leadership was handed to us.
@@ -110,7 +116,7 @@ class Committer:
         finally:
             with self._mu:
                 if self._queue:
-                    self._queue[0].event.set()  # the oldest waiter leads next
+                    self._queue[0].wake.release()  # the oldest waiter leads next
                 else:
                     self._leading = False
         return self._outcome(pending)

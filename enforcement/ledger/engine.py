@@ -4,8 +4,8 @@ SQLite: the driver's own transaction handling is switched off so that the ledger
 transaction begins: write transactions run ``BEGIN IMMEDIATE`` (they take the database's write
 lock up front, so two writers never both read a balance and then both spend it; a second
 process waits up to ``busy_timeout``), reads run a plain ``BEGIN`` (a WAL snapshot that never
-blocks the writer). ``synchronous=FULL`` makes every commit durable (fsync of the WAL); group
-commit (commit.py) amortises that fsync over every operation in a batch.
+blocks the writer). ``synchronous=FULL`` (the default) makes every commit durable (fsync of the
+WAL); group commit (commit.py) amortises that fsync over every operation in a batch.
 
 PostgreSQL: writes run at READ COMMITTED and lock the wallets they touch with
 ``SELECT ... FOR UPDATE`` (see unit.py); reads run at REPEATABLE READ so one read sees one
@@ -22,22 +22,29 @@ from sqlalchemy.engine import make_url
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
 )
+SYNCHRONOUS = ("FULL", "NORMAL")
 
 
-def install_sqlite_hooks(engine: Engine) -> None:
-    """Idempotently configure a SQLite engine (pragmas and explicit BEGIN)."""
+def install_sqlite_hooks(engine: Engine, synchronous: str = "FULL") -> None:
+    """Idempotently configure a SQLite engine (pragmas and explicit BEGIN).
+
+    ``synchronous``: FULL (default) fsyncs the WAL at every commit, so a committed operation
+    survives power loss. NORMAL skips that fsync: still atomic and consistent, durable across
+    process crashes, but the last commits may be lost if the machine itself crashes."""
     if engine.dialect.name != "sqlite" or getattr(engine, "_ledger_hooks", False):
         return
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"sqlite synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+    pragmas = (*SQLITE_PRAGMAS, f"PRAGMA synchronous={synchronous}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cursor.execute(pragma)
         cursor.close()
 
@@ -49,7 +56,7 @@ def install_sqlite_hooks(engine: Engine) -> None:
     engine._ledger_hooks = True  # type: ignore[attr-defined]
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql+psycopg://...``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -61,7 +68,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_size", 8)
         kwargs.setdefault("max_overflow", 64)
         engine = create_engine(url, **kwargs)
-        install_sqlite_hooks(engine)
+        install_sqlite_hooks(engine, sqlite_synchronous)
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_size", 8)

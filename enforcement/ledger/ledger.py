@@ -92,9 +92,10 @@ class Ledger:
         self._known_wallets: set[str] = set()  # wallets are never deleted: safe to remember
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Ledger:
-        """``sqlite:///path/ledger.db`` or ``postgresql+psycopg://user@host:port/db``."""
-        return cls(make_engine(url), **kwargs)
+    def from_url(cls, url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Ledger:
+        """``sqlite:///path/ledger.db`` or ``postgresql+psycopg://user@host:port/db``.
+        ``sqlite_synchronous="NORMAL"`` trades power-loss durability for speed (engine.py)."""
+        return cls(make_engine(url, sqlite_synchronous=sqlite_synchronous), **kwargs)
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> Ledger:

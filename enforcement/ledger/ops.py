@@ -233,6 +233,7 @@ class GrantOp:
         if reordered:
             existing.priority = g.priority
             existing.expire_us = g.expire_us
+            wallet.changed()
             changed = True
             unit.event(wallet, "CREDITS_UPDATED", g.grant_id, 0, g.grant_id, now, now)
         if activate and not existing.finished():
@@ -282,6 +283,7 @@ def _void(unit: Unit, wallet: WalletState, grant: GrantState, now_us: int) -> No
         unit.event(wallet, "CREDITS_VOIDED", ref, -units, ref, 0, now_us)
     grant.voided_us = now_us
     unit.touch_grant(grant, now_us)
+    wallet.changed()
 
 
 @dataclass(slots=True)

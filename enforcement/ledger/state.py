@@ -52,7 +52,16 @@ class GrantState:
         )
 
     def drawable(self, now_us: int) -> bool:
-        return self.balance > 0 and self.effective_us <= now_us and self.live(now_us)
+        # live() inlined: this runs for every grant of every operation.
+        return (
+            self.balance > 0
+            and self.effective_us <= now_us
+            and (self.expire_us is None or self.expire_us > now_us)
+            and self.issued
+            and not self.payment_pending
+            and self.voided_us is None
+            and self.expired_us is None
+        )
 
     def draw_key(self) -> tuple[int, int, int, int, int, str]:
         """Stigg's order: priority (lower first), sooner expiry, promotional before paid,
@@ -113,17 +122,35 @@ class WalletState:
     accounts: dict[str, str]  # kind -> account id (issuance, consumed, expired, voided)
     issued_total: int  # everything ever issued into this wallet (the issuance debit)
     grants: dict[str, GrantState] = field(default_factory=dict)  # loaded or touched
+    # Cached: every grant in draw order, and the soonest expiry among unfinished grants.
+    _ordered: list[GrantState] | None = None
+    _next_due: int | None = None
 
     def sink(self, kind: str) -> str:
         return self.accounts[kind]
 
+    def changed(self) -> None:
+        """A grant was added, reordered, expired or voided: recompute the caches."""
+        self._ordered = None
+
+    def ordered(self) -> list[GrantState]:
+        if self._ordered is None:
+            self._ordered = sorted(self.grants.values(), key=GrantState.draw_key)
+            expiries = [
+                g.expire_us for g in self._ordered if g.expire_us is not None and not g.finished()
+            ]
+            self._next_due = min(expiries) if expiries else None
+        return self._ordered
+
+    def may_have_due(self, now_us: int) -> bool:
+        self.ordered()
+        return self._next_due is not None and self._next_due <= now_us
+
     def draw_order(self, now_us: int) -> list[GrantState]:
-        return sorted(
-            (g for g in self.grants.values() if g.drawable(now_us)), key=GrantState.draw_key
-        )
+        return [g for g in self.ordered() if g.drawable(now_us)]
 
     def available(self, now_us: int) -> int:
-        return sum(g.balance for g in self.grants.values() if g.drawable(now_us))
+        return sum(g.balance for g in self.ordered() if g.drawable(now_us))
 
 
 def allocate(ordered: list[GrantState], units: int) -> list[tuple[GrantState, int]] | None:

@@ -13,7 +13,8 @@ Rules every operation follows, so a batch stays correct when one of them is refu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -142,6 +143,50 @@ INSERT_TRANSFERS = schema.transfers.insert()
 INSERT_CONSUMPTIONS = consumptions.insert()
 INSERT_RESERVATIONS = reservations.insert()
 INSERT_EVENTS = schema.ledger_events.insert()
+
+
+class _Bulk:
+    """An INSERT/UPDATE compiled once per dialect and run as one driver-level executemany.
+
+    The flush writes a few hundred rows per group commit; SQLAlchemy's per-row parameter
+    processing cost more than SQLite's own work, so the statement (still generated from the
+    table metadata) is handed to the driver directly. Errors are still wrapped by SQLAlchemy.
+    """
+
+    def __init__(self, statement: Any, columns: list[str] | None = None) -> None:
+        self._statement = statement
+        self._columns = columns
+        self._compiled: dict[str, tuple[str, Callable[[dict[str, Any]], Any] | None]] = {}
+
+    def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        compiled = self._compiled.get(conn.dialect.name)
+        if compiled is None:
+            done = self._statement.compile(dialect=conn.dialect, column_keys=self._columns)
+            positions = done.positiontup
+            # itemgetter of 2+ keys returns a tuple (every statement here has several).
+            assert positions is None or len(positions) > 1
+            getter = itemgetter(*positions) if positions else None
+            compiled = self._compiled[conn.dialect.name] = (str(done), getter)
+        sql, getter = compiled
+        if getter is None:  # named parameters (psycopg): the dicts as they are
+            conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+        else:  # positional (sqlite3): tuples in the compiled order
+            conn.exec_driver_sql(sql, [getter(row) for row in rows])
+
+
+def _insert(table: Any) -> _Bulk:
+    return _Bulk(table.insert(), [c.name for c in table.c if c.name != "seq"])
+
+
+BULK_ACCOUNTS = _insert(accounts)
+BULK_GRANTS = _insert(grants)
+BULK_TRANSFERS = _insert(schema.transfers)
+BULK_CONSUMPTIONS = _insert(consumptions)
+BULK_RESERVATIONS = _insert(reservations)
+BULK_EVENTS = _insert(schema.ledger_events)
+BULK_DELTAS = _Bulk(APPLY_DELTAS)
+BULK_GRANT_UPDATES = _Bulk(UPDATE_GRANT)
+BULK_RESERVATION_UPDATES = _Bulk(UPDATE_RESERVATION)
 
 
 def grant_from_row(row: Any) -> GrantState:
@@ -277,8 +322,9 @@ class Unit:
                 return None
             grant = self.grants[key] = grant_from_row(row)
         wallet = self.wallets.get(grant.wallet_id)
-        if wallet is not None:
-            wallet.grants.setdefault(grant.grant_id, grant)
+        if wallet is not None and grant.grant_id not in wallet.grants:
+            wallet.grants[grant.grant_id] = grant
+            wallet.changed()
         return grant
 
     def find_reservation(self, environment: str, reservation_id: str) -> ReservationState | None:
@@ -408,6 +454,7 @@ class Unit:
         self.grants[key] = grant
         self._new_grants[key] = grant
         wallet.grants[grant.grant_id] = grant
+        wallet.changed()
         for account_id, kind in (
             (grant.account_id, schema.GRANT),
             (grant.hold_account_id, schema.HOLD),
@@ -447,6 +494,8 @@ class Unit:
     # --- movements shared by several operations ------------------------------------------
 
     def sweep_grants(self, wallet: WalletState, now_us: int) -> None:
+        if not wallet.may_have_due(now_us):
+            return
         for grant in list(wallet.grants.values()):
             if grant.due(now_us):
                 self.expire_grant(wallet, grant, now_us)
@@ -474,6 +523,7 @@ class Unit:
             self.expired_grants += 1
         grant.expired_us = now_us
         self.touch_grant(grant, now_us)
+        wallet.changed()
 
     def resolve(
         self,
@@ -596,26 +646,26 @@ class Unit:
         """Write everything, in an order that satisfies the foreign keys."""
         conn = self.conn
         if self._new_accounts:
-            conn.execute(INSERT_ACCOUNTS, self._new_accounts)
+            BULK_ACCOUNTS.run(conn, self._new_accounts)
         if self._new_grants:
-            conn.execute(INSERT_GRANTS, [g.row() for g in self._new_grants.values()])
+            BULK_GRANTS.run(conn, [g.row() for g in self._new_grants.values()])
         if self._transfers:
-            conn.execute(INSERT_TRANSFERS, self._transfers)
+            BULK_TRANSFERS.run(conn, self._transfers)
         if self._deltas:
-            conn.execute(
-                APPLY_DELTAS,
+            BULK_DELTAS.run(
+                conn,
                 [
                     {"k_id": account, "v_debits": d[0], "v_credits": d[1]}
                     for account, d in self._deltas.items()
                 ],
             )
         if self._new_consumptions:
-            conn.execute(INSERT_CONSUMPTIONS, self._new_consumptions)
+            BULK_CONSUMPTIONS.run(conn, self._new_consumptions)
         if self._new_reservations:
-            conn.execute(INSERT_RESERVATIONS, [r.row() for r in self._new_reservations.values()])
+            BULK_RESERVATIONS.run(conn, [r.row() for r in self._new_reservations.values()])
         if self._dirty_grants:
-            conn.execute(
-                UPDATE_GRANT,
+            BULK_GRANT_UPDATES.run(
+                conn,
                 [
                     {
                         "k_env": g.environment,
@@ -626,8 +676,8 @@ class Unit:
                 ],
             )
         if self._dirty_reservations:
-            conn.execute(
-                UPDATE_RESERVATION,
+            BULK_RESERVATION_UPDATES.run(
+                conn,
                 [
                     {
                         "k_env": r.environment,
@@ -638,4 +688,4 @@ class Unit:
                 ],
             )
         if self._events:
-            conn.execute(INSERT_EVENTS, self._events)
+            BULK_EVENTS.run(conn, self._events)
