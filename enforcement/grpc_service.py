@@ -330,6 +330,13 @@ class SidecarService(pb.SidecarServiceBase):
             )
         if request.customer_id not in env.customers:
             raise grpclib.GRPCError(Status.NOT_FOUND, f"customer {request.customer_id!r} not found")
+        if request.resource_id and request.resource_id not in env.customer_resources(
+            request.customer_id
+        ):
+            raise grpclib.GRPCError(
+                Status.NOT_FOUND,
+                f"resource {request.resource_id!r} of customer {request.customer_id!r} not found",
+            )
         return feature
 
     async def _report(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:

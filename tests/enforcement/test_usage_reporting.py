@@ -162,3 +162,9 @@ def test_bad_reports_are_grpc_errors(runtime: Runtime) -> None:
     with pytest.raises(grpclib.GRPCError) as err:
         report(runtime, "c-pro", "f-calls", float("nan"))
     assert err.value.status == grpclib.Status.INVALID_ARGUMENT
+    with pytest.raises(grpclib.GRPCError) as err:
+        report(runtime, "c-pro", "f-calls", 1, resource="team-unknown")
+    assert err.value.status == grpclib.Status.NOT_FOUND
+    with pytest.raises(grpclib.GRPCError) as err:
+        report(runtime, "nobody", "f-calls", 1)
+    assert err.value.status == grpclib.Status.NOT_FOUND
