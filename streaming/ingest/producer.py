@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1.0
 POLL_INTERVAL_S = 0.05
+LOG_INTERVAL_S = 10.0
+NOT_PRODUCED = "not produced"
+# Errors after which this producer's idempotence state is unusable (Tansu fences the old
+# producer id after a restart): a fresh producer (new InitProducerId) is needed.
+_BROKEN_STATE = {
+    "PRODUCER_FENCED",
+    "INVALID_PRODUCER_EPOCH",
+    "UNKNOWN_PRODUCER_ID",
+    "OUT_OF_ORDER_SEQUENCE_NUMBER",
+    "INVALID_PRODUCER_ID_MAPPING",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,27 @@ class Record:
     value: bytes
     timestamp_ms: int
     partition: int
+
+
+class _Throttle(logging.Filter):
+    """Lets one record per message kind through per interval (reconnect errors repeat)."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = str(record.msg)[:40]
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            return False
+        self._last[kind] = now
+        return True
+
+
+_librdkafka_log = logging.getLogger("streaming.ingest.librdkafka")
+_librdkafka_log.addFilter(_Throttle(LOG_INTERVAL_S))
 
 
 class _Waiter:
@@ -65,6 +97,8 @@ class _Waiter:
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         # Runs in the poll thread (and, for never-produced records, in the request's thread).
+        if err is not None and not isinstance(err, str):  # str: never handed to librdkafka
+            self.owner._check_broken(err)
         with self.owner._lock:
             if err is not None and self.error is None:
                 self.error = err
@@ -102,6 +136,7 @@ class DurableProducer:
         self.last_error: str | None = None
         # Partition counts from broker metadata (records name their partition explicitly).
         self._partitions: dict[str, int] = {}
+        self._last_logged = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +149,7 @@ class DurableProducer:
                 "queue.buffering.max.kbytes": 2 * self.buffer_limit // 1024,
                 "queue.buffering.max.messages": 1_000_000,
                 "error_cb": self._on_error,
+                "logger": _librdkafka_log,
                 **self._overrides,
             },
         )
@@ -152,11 +188,20 @@ class DurableProducer:
 
     def _on_error(self, err: Any) -> None:
         self.last_error = str(err)
-        if err.fatal():
-            log.error("fatal producer error, replacing the producer: %s", err)
+        if not self._check_broken(err):
+            now = time.monotonic()
+            # The broker being down repeats every reconnect: log it once per interval.
+            if now - self._last_logged >= LOG_INTERVAL_S:
+                self._last_logged = now
+                log.warning("producer: %s", err)
+
+    def _check_broken(self, err: Any) -> bool:
+        """Mark the producer for replacement after a fatal or fencing error."""
+        broken = err.fatal() or err.name() in _BROKEN_STATE
+        if broken and self._fatal is None:
+            log.error("producer unusable (%s): replacing it", err)
             self._fatal = err
-        else:
-            log.warning("producer: %s", err)
+        return broken
 
     def _replace_producer(self) -> None:
         from confluent_kafka import Producer
@@ -166,8 +211,8 @@ class DurableProducer:
         self._fatal = None
         # Outstanding records of the old producer fail (its callbacks answer 503).
         try:
-            old.purge()
-            old.flush(0)
+            old.purge(in_queue=True, in_flight=True)
+            old.flush(5)  # serves the purged records' callbacks: their waiters answer 503
         except Exception:
             log.exception("purging the fatal producer failed")
 
@@ -249,7 +294,7 @@ class DurableProducer:
             return
         # Some were produced: their callbacks still come; the rest count as failed now.
         for _ in range(never_produced):
-            waiter.on_delivery("not produced", None)
+            waiter.on_delivery(NOT_PRODUCED, None)
 
     def partitions(self, topic: str) -> int:
         """The topic's partition count (configured count until metadata was read)."""
