@@ -14,7 +14,8 @@ import msgspec
 from byoc_platform.events import DimensionValue
 
 # order="sorted" gives the same text as encoding dict(sorted(d.items())), without the copy.
-_sorted_encoder = msgspec.json.Encoder(order="sorted")
+SORTED_ENCODER = msgspec.json.Encoder(order="sorted")
+_sorted_encoder = SORTED_ENCODER
 
 EMPTY_JSON = "{}"
 
@@ -26,7 +27,7 @@ class Dimensions(NamedTuple):
     json: str  # the original dimensions, compact JSON with sorted keys
 
 
-_NO_DIMENSIONS = ({}, {}, EMPTY_JSON, EMPTY_JSON)
+NO_DIMENSIONS = ({}, {}, EMPTY_JSON, EMPTY_JSON)
 
 
 class DimensionDescriber:
@@ -37,15 +38,23 @@ class DimensionDescriber:
     full, which keeps memory bounded whatever the cardinality.
     """
 
-    __slots__ = ("_keys", "max_entries")
+    __slots__ = ("cache", "max_entries")
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._keys: dict[tuple[tuple[str, str], ...], str] = {}
+        # labels items (in the event's order) -> labels_key; read inline by the engine
+        self.cache: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def labels_key(self, labels: dict[str, str], items: tuple[tuple[str, str], ...]) -> str:
+        """The canonical text of ``labels`` (cached under ``items``)."""
+        if len(self.cache) >= self.max_entries:
+            self.cache.clear()
+        key = self.cache[items] = _sorted_encoder.encode(labels).decode()
+        return key
 
     def __call__(self, dimensions: dict[str, DimensionValue]) -> Dimensions:
         if not dimensions:
-            return _NO_DIMENSIONS  # type: ignore[return-value]
+            return NO_DIMENSIONS  # type: ignore[return-value]
         labels: dict[str, str] = {}
         values: dict[str, float] = {}
         for name, value in dimensions.items():
@@ -62,11 +71,9 @@ class DimensionDescriber:
                 labels[name] = str(value)
         if labels:
             items = tuple(labels.items())
-            lkey = self._keys.get(items)
+            lkey = self.cache.get(items)
             if lkey is None:
-                if len(self._keys) >= self.max_entries:
-                    self._keys.clear()
-                lkey = self._keys[items] = _sorted_encoder.encode(labels).decode()
+                lkey = self.labels_key(labels, items)
         else:
             lkey = EMPTY_JSON
         # a plain tuple (same fields as Dimensions): NamedTuple construction costs 3x more

@@ -27,7 +27,12 @@ import msgspec
 from byoc_platform.events import EventBatch, decode_batch
 from streaming.engine.config import EngineConfig
 from streaming.engine.dedup import DedupIndex
-from streaming.engine.dimensions import DimensionDescriber
+from streaming.engine.dimensions import (
+    EMPTY_JSON,
+    NO_DIMENSIONS,
+    SORTED_ENCODER,
+    DimensionDescriber,
+)
 from streaming.engine.rows import EventRow, LateHourRow, MinuteRow
 from streaming.engine.state import DedupEntry, PartitionState, WindowState, decode_state
 from streaming.engine.windows import WindowAcc, WindowKey, late_rows
@@ -152,6 +157,8 @@ class PartitionEngine:
         touched = self._touched
         events_out = self._out.events
         describe = self._describe
+        label_keys = describe.cache
+        encode_sorted = SORTED_ENCODER.encode
         wm = self._watermark
         accepted = duplicates = late = 0
         # The hot loop: locals only, dedup inlined (DedupIndex.claim's rule).
@@ -169,7 +176,31 @@ class PartitionEngine:
             ts = event.timestamp
             resource = event.resourceId or ""
             name = event.eventName
-            labels, values, labels_key, dims_json = describe(event.dimensions)
+            dims = event.dimensions
+            if dims:
+                # DimensionDescriber inlined for the common types (a call costs ~10% here)
+                labels = {}
+                values = {}
+                for dname, dvalue in dims.items():
+                    kind = type(dvalue)
+                    if kind is str:
+                        labels[dname] = dvalue
+                    elif kind is int or kind is float:
+                        values[dname] = float(dvalue)
+                    else:
+                        labels, values, labels_key, dims_json = describe(dims)
+                        break
+                else:
+                    if labels:
+                        items = tuple(labels.items())
+                        labels_key = label_keys.get(items)
+                        if labels_key is None:
+                            labels_key = describe.labels_key(labels, items)
+                    else:
+                        labels_key = EMPTY_JSON
+                    dims_json = encode_sorted(dims).decode()
+            else:
+                labels, values, labels_key, dims_json = NO_DIMENSIONS
             events_out.append(
                 EventRow(
                     environment,
