@@ -20,6 +20,7 @@ def stream(
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory.")] = None,
 ) -> None:
     """Run the stream processor (consumer group on usage.events)."""
+    import gc
     import logging
     import signal
     from pathlib import Path
@@ -52,6 +53,10 @@ def stream(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Each batch allocates millions of short-lived objects that die by reference counting;
+    # the default young-generation threshold (700) makes the cyclic GC rescan them and the
+    # large dedup index so often that it cost ~30% of the processor's CPU (measured).
+    gc.set_threshold(200_000, 50, 100)
     try:
         processor.run()
     except Exception:

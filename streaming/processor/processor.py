@@ -51,6 +51,7 @@ from streaming.processor.writer import FlushJob, PartitionFlush, Writer
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 1000
+FETCH_WAIT_MS = 50
 IDLE_POLL_S = 0.5
 SHUTDOWN_WRITE_TIMEOUT_S = 20.0
 FENCE_HOLD_MAX_S = 60.0  # give up re-cutting a crashed flush after this (never expected)
@@ -139,7 +140,14 @@ class StreamProcessor:
         self.writer.start()
         consumer = Consumer(
             clients.consumer_config(
-                self.settings, self.group, **{"client.id": f"byoc-stream-{self.instance_id}"}
+                self.settings,
+                self.group,
+                **{
+                    "client.id": f"byoc-stream-{self.instance_id}",
+                    # Tansu holds a fetch for the whole wait even when data arrives (measured:
+                    # ack -> consume p50 198 ms at the default 500 ms, 24 ms at 100, 5 ms at 20).
+                    "fetch.wait.max.ms": FETCH_WAIT_MS,
+                },
             )
         )
         self._consumer = consumer

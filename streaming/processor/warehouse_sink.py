@@ -103,8 +103,8 @@ def encode_late_hours(rows: Sequence[LateHourRow]) -> bytes:
 
 
 TABLES: tuple[tuple[str, tuple[str, ...], Callable[[Any], bytes]], ...] = (
-    (EVENTS_TABLE, EVENT_COLUMNS, encode_events),
     (MINUTE_TABLE, MINUTE_COLUMNS, encode_minutes),
+    (EVENTS_TABLE, EVENT_COLUMNS, encode_events),
     (LATE_HOURS_TABLE, LATE_HOUR_COLUMNS, encode_late_hours),
 )
 

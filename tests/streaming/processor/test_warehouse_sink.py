@@ -24,12 +24,12 @@ pytestmark = pytest.mark.integration
 T = 1_793_613_481_123  # ms, deliberately not a whole second
 
 
-def test_encoders_follow_the_table_columns() -> None:
-    assert [columns for _, columns, _ in TABLES] == [
-        EVENT_COLUMNS,
-        MINUTE_COLUMNS,
-        LATE_HOUR_COLUMNS,
-    ]
+def test_each_table_is_written_with_its_row_columns() -> None:
+    assert {table: columns for table, columns, _ in TABLES} == {
+        "usage_events": EVENT_COLUMNS,
+        "usage_minute": MINUTE_COLUMNS,
+        "late_hours": LATE_HOUR_COLUMNS,
+    }
 
 
 def test_rows_round_trip_exactly_and_a_resent_block_is_dropped(infra: Stack) -> None:
