@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -30,6 +29,7 @@ from enforcement.engine import WalletBalance
 from enforcement.ledger import InsufficientCredits, LedgerError
 from enforcement.periods import iso
 from enforcement.rest_entitlements import credit_body, json
+from enforcement.workers import Workers
 
 if TYPE_CHECKING:
     from enforcement.component import EnforcementComponent
@@ -122,7 +122,8 @@ def _consumption_args(item: object, where: str) -> dict[str, Any]:
 class CreditRoutes:
     def __init__(self, component: EnforcementComponent) -> None:
         self.c = component
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="credits")
+        # Enough threads for the ledger's group committer to batch 64 concurrent callers.
+        self._workers = Workers(64, "credits")
 
     @property
     def ledger(self) -> Any:
@@ -130,9 +131,9 @@ class CreditRoutes:
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: fn(*args, **kwargs)
-            )
+            if kwargs:
+                return await self._workers.run(lambda: fn(*args, **kwargs))
+            return await self._workers.run(fn, *args)
         except LedgerError as exc:
             raise api_error(exc) from None
 
@@ -310,11 +311,8 @@ class CreditRoutes:
             except LedgerError as exc:
                 return "refused", exc
 
-        loop = asyncio.get_running_loop()
         # Concurrently, so the ledger's group committer shares transactions between them.
-        outcomes = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, one, args) for args in all_args)
-        )
+        outcomes = await asyncio.gather(*(self._workers.run(one, args) for args in all_args))
         refused = [
             {
                 "index": i,
@@ -460,4 +458,4 @@ class CreditRoutes:
         return json(page.to_api())
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._workers.close()
