@@ -146,19 +146,28 @@ INSERT_EVENTS = schema.ledger_events.insert()
 
 
 class _Bulk:
-    """An INSERT/UPDATE compiled once per dialect and run as one driver-level executemany.
+    """An INSERT/UPDATE compiled once per dialect and run as one driver-level call.
 
     The flush writes a few hundred rows per group commit; SQLAlchemy's per-row parameter
     processing cost more than SQLite's own work, so the statement (still generated from the
-    table metadata) is handed to the driver directly. Errors are still wrapped by SQLAlchemy.
+    table metadata) is handed to the driver directly; errors are still wrapped by SQLAlchemy.
+    SQLite: ``executemany`` with tuples. PostgreSQL: an INSERT becomes ONE
+    ``INSERT ... SELECT * FROM unnest(<one array per column>)`` (one round trip, a constant
+    statement the driver prepares once); an UPDATE runs as an executemany (psycopg pipelines
+    it).
     """
 
-    def __init__(self, statement: Any, columns: list[str] | None = None) -> None:
+    def __init__(self, statement: Any, table: Any = None) -> None:
         self._statement = statement
-        self._columns = columns
+        self._table = table  # set for inserts
+        self._columns = None if table is None else [c.name for c in table.c if c.name != "seq"]
         self._compiled: dict[str, tuple[str, Callable[[dict[str, Any]], Any] | None]] = {}
+        self._unnest: str | None = None  # PostgreSQL: INSERT ... SELECT * FROM unnest(...)
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if self._table is not None and conn.dialect.name == "postgresql":
+            self._run_multirow(conn, rows)
+            return
         compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
             done = self._statement.compile(dialect=conn.dialect, column_keys=self._columns)
@@ -173,9 +182,23 @@ class _Bulk:
         else:  # positional (sqlite3): tuples in the compiled order
             conn.exec_driver_sql(sql, [getter(row) for row in rows])
 
+    def _run_multirow(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        # One short, constant statement (psycopg caches and prepares it): one array per column.
+        if self._unnest is None:
+            quote = conn.dialect.identifier_preparer.quote
+            columns = [self._table.c[name] for name in self._columns]
+            casts = ", ".join(f"%s::{c.type.compile(dialect=conn.dialect)}[]" for c in columns)
+            names = ", ".join(quote(c.name) for c in columns)
+            self._unnest = (
+                f"INSERT INTO {quote(self._table.name)} ({names}) SELECT * FROM unnest({casts})"
+            )
+        conn.exec_driver_sql(
+            self._unnest, tuple([row[name] for row in rows] for name in self._columns)
+        )
+
 
 def _insert(table: Any) -> _Bulk:
-    return _Bulk(table.insert(), [c.name for c in table.c if c.name != "seq"])
+    return _Bulk(table.insert(), table)
 
 
 BULK_ACCOUNTS = _insert(accounts)
@@ -244,7 +267,8 @@ class Unit:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.wallets: dict[str, WalletState | None] = {}
+        self.wallets: dict[str, WalletState] = {}
+        self._locked: set[str] = set()
         self.grants: dict[tuple[str, str], GrantState] = {}
         self.reservations: dict[tuple[str, str], ReservationState | None] = {}
         self.consumptions: dict[tuple[str, str, str], ConsumptionRecord | None] = {}
@@ -267,18 +291,23 @@ class Unit:
         between instances). SQLite: BEGIN IMMEDIATE already holds the database's write lock."""
         ids = sorted(set(wallet_ids))
         if ids and self.conn.dialect.name == "postgresql":
-            self.conn.execute(LOCK_WALLETS, {"ids": ids}).all()
+            self._locked.update(row.id for row in self.conn.execute(LOCK_WALLETS, {"ids": ids}))
 
     def wallet(self, wallet_id: str, now_us: int) -> WalletState | None:
-        """The locked wallet's state, loaded once per transaction and swept for ``now_us``."""
-        if wallet_id in self.wallets:
-            wallet = self.wallets[wallet_id]
-            if wallet is not None:
-                self.sweep_grants(wallet, now_us)
+        """The locked wallet's state, loaded once per transaction and swept for ``now_us``.
+        None if the wallet does not exist (yet): nothing was ever granted into it."""
+        wallet = self.wallets.get(wallet_id)
+        if wallet is not None:
+            self.sweep_grants(wallet, now_us)
             return wallet
+        if self.conn.dialect.name == "postgresql" and wallet_id not in self._locked:
+            # Created by another instance after this transaction took its locks: lock it now
+            # (out of order, so a deadlock is possible; PostgreSQL breaks it and we retry).
+            self._locked.update(
+                row.id for row in self.conn.execute(LOCK_WALLETS, {"ids": [wallet_id]})
+            )
         rows = self.conn.execute(WALLET_ACCOUNTS, {"w": wallet_id}).all()
         if not rows:
-            self.wallets[wallet_id] = None
             return None
         first = rows[0]
         wallet = WalletState(
