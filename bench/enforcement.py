@@ -10,6 +10,8 @@ subprocesses on free loopback ports, in a temporary directory, then measures:
   each call is started on its schedule whether or not earlier ones finished;
 - ``consume_per_s`` / ``consume_p99_ms``: 64 concurrent keep-alive clients POSTing
   /api/v1/credits/consumption (1 credit, unique idempotency keys) against ONE wallet;
+- ``rest_check_*``: 32 keep-alive clients GET the REST entitlement check (the HTTP stack's
+  own cost: auth, routing, a check without I/O);
 - ``overdraft``: 64 clients consume from a wallet of exactly N credits until refused;
   credits granted beyond N (counted from 200 answers and from the ledger) must be 0.
 
@@ -333,6 +335,27 @@ async def consume_clients(
     return latencies, statuses
 
 
+async def rest_check_clients(port: int, api_key: str, clients: int, seconds: float) -> list[float]:
+    path = f"/api/v1/customers/{CUSTOMER}/entitlements/check?featureId={FEATURE}"
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-KEY: {api_key}\r\n\r\n".encode()
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                writer.write(request)
+                assert await _read_response(reader) == 200
+                latencies.append((time.perf_counter() - t0) * 1000)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
 def grant(api: httpx.Client, customer: str, amount: float, resource: str | None = None) -> None:
     body: dict[str, Any] = {
         "amount": amount,
@@ -402,6 +425,7 @@ def main() -> None:
     parser.add_argument("--engine-checks", type=int, default=200_000)
     parser.add_argument("--sdk-checks", type=int, default=3000)
     parser.add_argument("--consume-seconds", type=float, default=10.0)
+    parser.add_argument("--rest-seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--overdraft-wallet", type=int, default=2000)
     args = parser.parse_args()
@@ -426,6 +450,14 @@ def main() -> None:
             )
             results.update(asyncio.run(sdk_bench(stack.grpc_port, args.sdk_checks)))
             print(f"grpc: {results}", flush=True)
+            # REST checks: the HTTP stack's cost on its own (auth, routing, a no-I/O check).
+            cpu0 = cpu_seconds(server)
+            rest = asyncio.run(rest_check_clients(stack.api_port, api_key, 32, args.rest_seconds))
+            results["rest_check_per_s"] = round(len(rest) / args.rest_seconds, 1)
+            results["rest_check_p99_ms"] = round(pct(rest, 0.99), 2)
+            results["rest_check_server_cpu_us"] = round(
+                (cpu_seconds(server) - cpu0) / len(rest) * 1e6, 1
+            )
             cpu0 = cpu_seconds(server)
             results.update(
                 consume_bench(
