@@ -3,10 +3,12 @@
 - The ledger is the authority: every consumption, reservation, release, grant and void runs
   through it (atomic, zero overdraft). Its calls block, so callers run them in threads.
 - Checks must not do I/O, so this keeps a cache of every wallet's balance in memory: warmed
-  from the ledger's wallets on start, refreshed after each write made through this process
-  and every few seconds for all wallets (writes by other processes, expiries by the clock).
-  A check may thus see a balance a few seconds old when ANOTHER process spent from the
-  wallet; a reservation or consumption never relies on the cache (the ledger decides).
+  from the ledger's wallets on start; a consumption or reservation made here updates it from
+  the ledger's own result (``available_after``, no extra read) and marks the wallet for an
+  exact re-read within ~0.2 s; grants, voids and releases re-read it at once; every few
+  seconds all wallets are re-read (writes by other processes, expiries by the clock). A check
+  may thus see a balance a few seconds old when ANOTHER process spent from the wallet; a
+  reservation or consumption never relies on the cache (the ledger decides).
 - Grants published by the control plane arrive through the sync and are applied to the ledger
   idempotently by grant id (a delete voids the grant).
 - The REST grant route stores what the ledger does not model (cost, metadata, comment) in the

@@ -2,8 +2,9 @@
 
 The official SDK sends no authentication metadata (stigg-api.md section 1), so one gRPC port
 serves ONE environment, ``settings.environment``, as Stigg's own sidecar does: run one port
-per environment. Checks are answered from memory in the event loop (no I/O); usage reports
-write the store in a worker thread so the loop keeps answering checks meanwhile.
+per environment. Checks are answered from memory in the event loop (no I/O); their answers
+go through a caching codec (grpc_codec.py) that spares repeated betterproto work. Usage
+reports write the store in a worker thread so the loop keeps answering checks meanwhile.
 """
 
 from __future__ import annotations
