@@ -64,11 +64,12 @@ def error_response(
     *,
     retry_after_s: float | None = None,
     retryable: bool | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     body = msgspec.json.encode(
         {"error": {"code": code or ERROR_CODES.get(status, "ERROR"), "message": message}}
     )
-    headers = {}
+    headers = dict(headers or {})
     if retryable is None:
         retryable = status in _RETRYABLE
     headers["x-should-retry"] = "true" if retryable else "false"

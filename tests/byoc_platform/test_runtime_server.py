@@ -114,3 +114,12 @@ def test_readiness_reflects_components_and_lifecycle_runs(tmp_path: Path) -> Non
             "reason": "broker unreachable",
         }
     assert component.stopped
+
+
+def test_wrong_method_answers_405_with_allow(tmp_path: Path) -> None:
+    client, _, key = _client(tmp_path)
+    with client:
+        response = client.post("/api/v1/echo", headers={"X-API-KEY": key})
+        assert response.status_code == 405
+        assert "GET" in response.headers["allow"]
+        assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
