@@ -7,8 +7,9 @@ as the control-plane stand-in does. Served: ``ReportEvent`` (1..1000 events, ans
 ``UsageMeasurementWithCurrentUsage`` objects with the fields ``ReportUsageFragment`` selects).
 
 Status codes follow the GraphQL-over-HTTP convention for ``application/json``: a body that is
-not JSON -> 400, a body over the size limit -> 413 (request errors); invalid input, too many
-items, an unknown operation -> 200 with ``{"errors":[{message, extensions:{code}}]}`` (the
+not a JSON object, or whose ``query``/``operationName``/``variables`` are ill-typed -> 400,
+a body over the size limit -> 413 (request errors); invalid input, too many items, an
+unknown operation -> 200 with ``{"errors":[{message, extensions:{code}}]}`` (the
 message names the path, e.g. ``input.usageEvents[3].customerId``); broker unavailable -> 503
 and producer buffer full -> 429, both with retry-after and an ``errors`` body, never 200.
 The environment is the API key's; ``input.environmentId`` is accepted and ignored.
@@ -103,16 +104,28 @@ class GraphQLRoute:
                 raise wire.Rejected(400, f"Malformed JSON: {exc}", "malformed") from None
             if not isinstance(document, dict):
                 raise wire.Rejected(400, "The request body must be a JSON object", "malformed")
-            name = document.get("operationName") or request.headers.get("x-graphql-operation-name")
-            op = self._ops.get(name) if isinstance(name, str) else None
+            name = document.get("operationName")
+            variables = document.get("variables")
+            # Request errors (GraphQL-over-HTTP): ill-typed envelope fields -> 400.
+            if (
+                not isinstance(name, str | None)
+                or not isinstance(variables, dict | None)
+                or not isinstance(document.get("query"), str | None)
+            ):
+                raise wire.Rejected(
+                    400,
+                    "`query` and `operationName` must be strings and `variables` an object",
+                    "malformed",
+                )
+            name = name or request.headers.get("x-graphql-operation-name")
+            op = self._ops.get(name) if name else None
             if op is None:
                 raise wire.Rejected(
                     422,
                     f"Operation {name!r} is not served here (served: {', '.join(self._ops)})",
                     "unknown_operation",
                 )
-            variables = document.get("variables") or {}
-            if not isinstance(variables, dict) or "input" not in variables:
+            if not variables or "input" not in variables:
                 raise wire.Rejected(422, "Missing variable `input`", "invalid")
             data = await op(request.state.environment, variables["input"])
         except ApiError as exc:

@@ -87,7 +87,8 @@ def _event(limit_note: str) -> dict[str, Any]:
             "resourceId": {"type": ["string", "null"], "minLength": 1},
             "dimensions": _DIMENSIONS,
             "timestamp": {
-                **_DATETIME,
+                "type": ["string", "null"],
+                "format": "date-time",
                 "description": f"Event time (RFC 3339; naive = UTC; default: receive time). "
                 f"{limit_note}",
             },
@@ -156,17 +157,23 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
     }
     graphql_body = {
         "type": "object",
-        "required": ["query", "variables"],
+        "description": "Dispatched on operationName (or the x-graphql-operation-name header); "
+        "a missing or unknown operation or input is answered 200 with `errors`",
         "properties": {
-            "query": {"type": "string"},
+            "query": {"type": ["string", "null"]},
             "operationName": {
-                "type": "string",
-                "enum": ["ReportEvent", "ReportUsage", "ReportUsageBulk"],
+                "type": ["string", "null"],
+                "description": "Served: ReportEvent, ReportUsage, ReportUsageBulk",
             },
             "variables": {
-                "type": "object",
-                "required": ["input"],
-                "properties": {"input": {"type": "object"}},
+                "type": ["object", "null"],
+                "properties": {
+                    "input": {
+                        "description": "The operation's input (UsageEventsReportInput, "
+                        "ReportUsageInput or ReportUsageBulkInput); an invalid one is answered "
+                        "200 with `errors` naming the path, as GraphQL does"
+                    }
+                },
             },
         },
     }
@@ -175,7 +182,10 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         "properties": {"data": {"type": ["object", "null"]}, **_GRAPHQL_ERRORS["properties"]},
     }
     graphql_errors = {
-        "400": _json(_GRAPHQL_ERRORS, "The body is not a JSON object"),
+        "400": _json(
+            _GRAPHQL_ERRORS,
+            "The body is not a JSON object, or query/operationName/variables are ill-typed",
+        ),
         "401": _json(_ERROR, "Invalid or missing API key"),
         "413": _json(_GRAPHQL_ERRORS, f"A body over {max_body} bytes"),
         "429": _json(_GRAPHQL_ERRORS, "Producer buffer full; retry after", headers=_RETRY_HEADERS),
