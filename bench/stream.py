@@ -85,6 +85,26 @@ def raise_priority(pids: list[int], nice: int) -> None:
             say(f"cannot set autogroup nice of {pid}: {exc}")
 
 
+def checkpointed(s: Settings) -> dict[int, int]:
+    """Next offsets in the processors' checkpoint DB: everything below is durable in ClickHouse."""
+    import sqlite3
+
+    path = s.data_dir / "stream" / "checkpoints.db"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute(
+            "SELECT partition, next_offset FROM partitions WHERE stream = ?",
+            (f"{s.stream.consumer_group}/{s.kafka.events_topic}",),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return {p: o or 0 for p, o in rows}
+
+
 class CpuMeter:
     """CPU seconds used by named processes between start() and stop()."""
 
@@ -140,9 +160,10 @@ def phase_settings(base: Settings, data_dir: Path, phase: str) -> Settings:
 
 
 class Processor:
-    def __init__(self, s: Settings, profile: Path | None) -> None:
+    def __init__(self, s: Settings, profile: Path | None, name: str = "stream") -> None:
         self.settings = s
-        config = s.data_dir / "settings.yaml"
+        self.name = name
+        config = s.data_dir / f"settings-{name}.yaml"
         config.write_text(yaml.safe_dump(s.model_dump(mode="json", exclude={"api_key"})))
         env = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_")}
         env["BYOC_CONFIG_FILE"] = str(config)
@@ -150,9 +171,9 @@ class Processor:
         self.profiled = profile is not None
         if profile is not None:
             py_spy = Path(sys.executable).parent / "py-spy"
-            command = [str(py_spy), "record", "--idle", "--threads", "--format", "raw", "-r", "50", "-o", str(profile),
-                       "--", *command]  # fmt: skip
-        self.log = open(s.data_dir / "stream.log", "wb")  # noqa: SIM115
+            record = ["record", "--idle", "--threads", "--format", "raw", "-r", "50"]
+            command = [str(py_spy), *record, "-o", str(profile), "--", *command]
+        self.log = open(s.data_dir / f"{name}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -191,7 +212,7 @@ class Processor:
 
     def died(self) -> SystemExit:
         self.log.flush()
-        tail = (self.settings.data_dir / "stream.log").read_text(errors="replace")[-3000:]
+        tail = (self.settings.data_dir / f"{self.name}.log").read_text(errors="replace")[-3000:]
         return SystemExit(f"processor exited ({self.process.returncode}):\n{tail}")
 
     def metric(self, name: str) -> float:
@@ -274,6 +295,14 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
     say(f"throughput: pre-loading {total} events in {records} records ...")
     start_ms = int(time.time() * 1000) - 60_000
     t0 = time.monotonic()
+    end_offsets: dict[int, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is None:
+            end_offsets[msg.partition()] = max(
+                end_offsets.get(msg.partition(), 0), msg.offset() + 1
+            )
+
     for r in range(records):
         # Event time advances as if the load had arrived at --rate events/s.
         now_ms = start_ms + (r * args.events_per_record * 1000) // max(args.rate, 1)
@@ -285,37 +314,50 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
                     key=record_key(environment, f"cust-{r % args.customers}"),
                     value=encode_batch(batch),
                     timestamp=now_ms,
+                    on_delivery=delivered,
                 )
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
     assert producer.flush(120) == 0
-    say(f"  pre-loaded in {time.monotonic() - t0:.1f}s; starting the processor")
-    proc = Processor(s, args.profile_dir / "throughput.txt" if args.profile_dir else None)
+    say(f"  pre-loaded in {time.monotonic() - t0:.1f}s; starting {args.instances} processor(s)")
+    procs = []
+    for i in range(args.instances):
+        si = s.model_copy(deep=True)
+        if i:
+            from tests.stack_fixtures import free_port
+
+            si.ports.stream = free_port()
+        profile = args.profile_dir / f"throughput-{i}.txt" if args.profile_dir else None
+        procs.append(Processor(si, profile, name=f"stream-{i}"))
     if args.autogroup_nice is not None:
-        raise_priority([proc.process.pid], args.autogroup_nice)
+        raise_priority([p.process.pid for p in procs], args.autogroup_nice)
     try:
         started = time.monotonic()
-        proc.wait_ready()
+        procs[0].wait_ready()
         ready = time.monotonic()
-        meter = CpuMeter({"processor": proc.pid, **args.stack_pids})
+        meter = CpuMeter({**{p.name: p.pid for p in procs}, **args.stack_pids})
         meter.start()
         last_report = ready
         while True:
-            done = proc.metric("byoc_stream_events_durable_total")
-            if done >= total:
+            done = checkpointed(s)
+            if all(done.get(p, 0) >= end for p, end in end_offsets.items()):
                 break
-            if proc.process.poll() is not None:
-                raise proc.died()
+            for p in procs:
+                if p.process.poll() is not None:
+                    raise p.died()
             if time.monotonic() - last_report > 5:
-                say(f"  {done:.0f}/{total} durable")
+                say(f"  checkpointed offsets {done} of {end_offsets}")
                 last_report = time.monotonic()
             time.sleep(0.05)
         finished = time.monotonic()
         cpu = meter.stop()
+        for p in procs[1:]:
+            p.wait_ready(5)  # it did join (and took partitions) during the run
     finally:
-        proc.stop()
+        for p in procs:
+            p.stop()
     ch = clients.clickhouse(s)
     stored = ch.query(
         f"SELECT count() FROM {s.clickhouse.database}.usage_events "
@@ -331,10 +373,11 @@ def throughput(base: Settings, data_dir: Path, args: argparse.Namespace) -> dict
         "seconds_after_join": round(seconds, 3),
         "seconds_including_start": round(finished - started, 3),
         "events_per_s": round(total / seconds),
+        "instances": args.instances,
         "cpu_seconds": cpu,
-        "events_per_processor_cpu_s": round(total / cpu["processor"])
-        if cpu.get("processor")
-        else None,
+        "events_per_processor_cpu_s": round(
+            total / sum(cpu.get(p.name, 0) for p in procs) if cpu.get(procs[0].name) else 0
+        ),
     }
     say(f"  throughput: {result}")
     return result
@@ -473,6 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000, help="throughput phase size")
     parser.add_argument("--events-per-record", type=int, default=100)
+    parser.add_argument("--instances", type=int, default=1, help="processors in the group")
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=20_000, help="freshness phase events/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="freshness phase length")

@@ -2,8 +2,9 @@
 
 Record format: byoc_platform/events.py (EventBatch JSON, key ``environment/customer``, record
 timestamp = receive time). One output record per input record that kept at least one event,
-holding its surviving events in order. The dimensions are copied as the engine's canonical JSON
-(``msgspec.Raw``), so nothing is decoded again.
+holding its surviving events in order. An input record whose events all survived (the common
+case) is republished byte for byte; otherwise the survivors are re-encoded from the engine's
+rows, the dimensions copied as the engine's canonical JSON (``msgspec.Raw``), nothing decoded.
 
 Delivery is AT-LEAST-ONCE across crashes: records are acknowledged (acks=all) before the
 checkpoint that covers them commits, and a crash between the two republishes them on replay.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -47,6 +49,32 @@ class _Batch(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 Record = tuple[bytes, bytes, int]  # (key, value, timestamp ms)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What one input record contributed to the output: ``count`` deduplicated events, and its
+    original bytes when all of its events survived (then they are republished as they are)."""
+
+    key: bytes
+    value: bytes | None
+    timestamp: int
+    count: int
+
+
+def records_for(accepted: Sequence[Accepted], rows: Sequence[EventRow]) -> list[Record]:
+    """Output records of a flush: ``rows`` are its deduplicated events in processing order."""
+    records: list[Record] = []
+    i = 0
+    for item in accepted:
+        if item.value is not None:
+            records.append((item.key, item.value, item.timestamp))
+        else:
+            records.extend(deduped_records(rows[i : i + item.count]))
+        i += item.count
+    if i != len(rows):
+        raise AssertionError(f"accepted counts cover {i} events, the flush has {len(rows)}")
+    return records
 
 
 def deduped_records(rows: Iterable[EventRow]) -> list[Record]:

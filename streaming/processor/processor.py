@@ -39,11 +39,11 @@ from typing import Any
 import msgspec
 
 from byoc_platform import clients
-from byoc_platform.events import SCHEMA_VERSION, EventBatch, decode_batch
+from byoc_platform.events import SCHEMA_VERSION, EventBatch, decode_batch, record_key
 from byoc_platform.settings import Settings
 from streaming.engine import Counters, EngineConfig, StreamEngine
 from streaming.processor.checkpoints import CheckpointStore, stream_name
-from streaming.processor.deduped import DedupedPublisher
+from streaming.processor.deduped import Accepted, DedupedPublisher
 from streaming.processor.metrics import ProcessorMetrics
 from streaming.processor.warehouse_sink import WarehouseSink
 from streaming.processor.writer import FlushJob, PartitionFlush, Writer
@@ -105,6 +105,7 @@ class StreamProcessor:
         self._consumer: Any = None
         self._fences: dict[int, _Fence] = {}
         self._held: dict[int, list[Any]] = {}  # records behind a replay boundary, in order
+        self._accepted: dict[int, list[Accepted]] = {}  # per partition, since the last flush
         self._batch_start: dict[int, int] = {}  # first offset processed since the last flush
         self._received_at: dict[int, int] = {}  # newest receivedAt processed
         self._checkpointed: dict[int, int | None] = {}
@@ -245,10 +246,18 @@ class StreamProcessor:
                 "partition %d offset %d: not an EventBatch, skipped: %s", partition, offset, exc
             )
             batch = EventBatch(SCHEMA_VERSION, "", message.timestamp()[1], [])
+        before = engine.counters.events
         if engine.process(offset, batch):
             self._batch_start.setdefault(partition, offset)
             self._received_at[partition] = batch.receivedAt
             self._events_since_flush += len(batch.events)
+            accepted = engine.counters.events - before
+            if accepted:
+                whole = accepted == len(batch.events)
+                key = message.key() or record_key(batch.environment, batch.events[0].customerId)
+                self._accepted.setdefault(partition, []).append(
+                    Accepted(key, message.value() if whole else None, batch.receivedAt, accepted)
+                )
 
     def _release_fences(self, force: bool = False) -> None:
         """Re-cut each crashed flush once all its partitions here reached their boundaries.
@@ -294,7 +303,13 @@ class StreamProcessor:
             checkpoint = engine.checkpoint()
             parts.append(
                 PartitionFlush(
-                    partition, first, last, output, checkpoint, self._received_at.get(partition)
+                    partition,
+                    first,
+                    last,
+                    output,
+                    checkpoint,
+                    self._received_at.get(partition),
+                    self._accepted.pop(partition, []),
                 )
             )
             del self._batch_start[partition]
@@ -404,6 +419,7 @@ class StreamProcessor:
         self.engine.revoke(partition)
         self._fences.pop(partition, None)
         self._held.pop(partition, None)
+        self._accepted.pop(partition, None)
         self._batch_start.pop(partition, None)
         self._received_at.pop(partition, None)
         self._checkpointed.pop(partition, None)

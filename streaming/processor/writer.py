@@ -29,7 +29,7 @@ from typing import Any
 
 from streaming.engine import Checkpoint, Output
 from streaming.processor.checkpoints import CheckpointStore
-from streaming.processor.deduped import DedupedPublisher, deduped_records
+from streaming.processor.deduped import Accepted, DedupedPublisher, records_for
 from streaming.processor.errors import Aborted
 from streaming.processor.metrics import ProcessorMetrics
 from streaming.processor.warehouse_sink import (
@@ -55,6 +55,7 @@ class PartitionFlush:
     output: Output
     checkpoint: Checkpoint
     received_at: int | None  # newest receivedAt in the range (for the freshness gauge)
+    accepted: list[Accepted] = field(default_factory=list)  # input records -> deduped records
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Writer:
             if rows:
                 token = dedup_token(self.topic, key, table)
                 inserts.append(self._pool.submit(self._insert, table, columns, encode, rows, token))
-        records = [r for p in parts for r in deduped_records(p.output.events)]
+        records = [r for p in parts for r in records_for(p.accepted, p.output.events)]
         self.publisher.send(records)
         for insert in inserts:
             insert.result()  # re-raises Aborted (shutdown during an outage)
