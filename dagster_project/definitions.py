@@ -1,6 +1,6 @@
 """The Dagster code location of byoc-platform (``dagster dev -m dagster_project.definitions``)."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from assets.resources import load_settings
 from dagster_project.assembly import ASSETS, CHECKS
@@ -18,4 +18,7 @@ defs = Definitions(
     schedules=schedules_for(settings),
     sensors=SENSORS,
     resources=resources_for(settings),
+    # Steps of a run share its process: one import of the code (and of great_expectations)
+    # per run instead of one per step; the steps of these jobs are sequential anyway.
+    executor=in_process_executor,
 )

@@ -1,6 +1,9 @@
 """The ``published_usage`` asset: the hour's rollup sent to the control plane, exactly once."""
 
 import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -13,21 +16,64 @@ from dagster import (
 )
 
 from assets.meters import ADDITIVE
-from assets.partitions import HOURLY, hour_start
-from assets.publish.ledger import plan, read_ledger, record
+from assets.partitions import HOURLY, hour_key, hour_start
+from assets.publish.ledger import Entry, plan, read_ledger, record
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
 from assets.rollups.compute import read_rollup
-from assets.rollups.defs import hourly_usage_rollup
+from assets.rollups.defs import HOURS_PER_RUN, hourly_usage_rollup
 
 # One publish at a time per instance: two concurrent publishes of one hour could both plan
 # the same revision with different deltas (see ledger.py). Set this pool's limit to 1.
 PUBLISH_POOL = "control_plane_publish"
 
 
+@dataclass
+class HourPublished:
+    hour: str
+    revision: int
+    sent: list[Entry]
+    new: int
+    resent: int
+    unchanged: int
+    bulks: int
+    rejected: list[tuple[Entry, str]]
+    published_total: float
+    rollup_total: float
+    skipped: list[str]
+
+
+def publish_hour(
+    client: Any, db: str, graphql: Any, hour: datetime, revision: int, bulk_size: int
+) -> HourPublished:
+    """Bring the control plane's total of every key of ``hour`` to the rollup (see ledger.py)."""
+    rows = read_rollup(client, db, hour, revision)
+    targets = {r.key: r.value for r in rows if r.aggregation in ADDITIVE}
+    todo = plan(hour, targets, read_ledger(client, db, hour))
+    record(client, db, todo.new, "pending")  # before sending: see ledger.py
+    result = send(
+        graphql, todo.to_send, bulk_size, on_sent=lambda bulk: record(client, db, bulk, "sent")
+    )
+    published = read_ledger(client, db, hour)
+    return HourPublished(
+        hour=hour_key(hour),
+        revision=revision,
+        sent=result.sent,
+        new=len(todo.new),
+        resent=len(todo.resend),
+        unchanged=todo.unchanged,
+        bulks=result.bulks,
+        rejected=result.rejected,
+        published_total=sum(e.delta for e in published if e.status == "sent"),
+        rollup_total=sum(targets.values()),
+        skipped=sorted({r.feature_id for r in rows if r.aggregation not in ADDITIVE}),
+    )
+
+
 @asset(
     partitions_def=HOURLY,
+    backfill_policy=HOURS_PER_RUN,
     group_name="publish",
     deps=[hourly_usage_rollup],
     kinds={"graphql"},
@@ -35,73 +81,80 @@ PUBLISH_POOL = "control_plane_publish"
     retry_policy=RetryPolicy(max_retries=3, delay=15, backoff=Backoff.EXPONENTIAL),
     description="The hour's rollup reported to the control plane (ReportUsageBulk, DELTA per "
     "idempotency key): a re-run or backfill sends only what changed, so nothing is counted "
-    "twice. Refuses an hour that does not reconcile with the raw events.",
+    "twice. Refuses hours that do not reconcile with the raw events.",
 )
 def published_usage(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     control_plane: ControlPlaneResource,
 ) -> MaterializeResult:
-    hour = hour_start(context.partition_key)
     started = time.monotonic()
     bulk_size = warehouse.settings.control_plane.publish_bulk_size
+    hours = [hour_start(key) for key in context.partition_keys]
     with warehouse.client() as client:
         db = warehouse.database
         # The blocking check guards runs that also roll up; this guards runs that only
-        # publish (schedules, retries, partial backfills): invariant 3 before invariant 4.
-        check = reconcile(client, db, hour)
-        if not check.passed:
+        # publish (retries, partial re-runs): invariant 3 before invariant 4. Every hour of
+        # the run must reconcile before anything is sent.
+        checks = [reconcile(client, db, hour) for hour in hours]
+        failing = [c for c in checks if not c.passed]
+        if failing:
             raise Failure(
-                description=f"{context.partition_key} does not reconcile with the raw events "
-                f"({check.reason}); nothing was published. Re-materialize the rollup.",
-                metadata={"mismatches": MetadataValue.json(check.mismatches)},
+                description=f"{len(failing)} of {len(hours)} hours do not reconcile with the raw "
+                f"events ({failing[0].hour:%Y-%m-%dT%H}: {failing[0].reason}); nothing was "
+                "published. Re-materialize their rollup.",
+                metadata={
+                    "hours": MetadataValue.json([hour_key(c.hour) for c in failing]),
+                    "mismatches": MetadataValue.json(failing[0].mismatches),
+                },
                 allow_retries=False,
             )
-        rows = read_rollup(client, db, hour, check.revision)
-        targets = {r.key: r.value for r in rows if r.aggregation in ADDITIVE}
-        skipped = sorted({r.feature_id for r in rows if r.aggregation not in ADDITIVE})
-        todo = plan(hour, targets, read_ledger(client, db, hour))
-        record(client, db, todo.new, "pending")  # before sending: see ledger.py
         with control_plane.graphql() as graphql:
-            result = send(
-                graphql,
-                todo.to_send,
-                bulk_size,
-                on_sent=lambda bulk: record(client, db, bulk, "sent"),
-            )
-        published = read_ledger(client, db, hour)
-    sent_total = sum(e.delta for e in published if e.status == "sent")
+            done = [
+                publish_hour(client, db, graphql, c.hour, c.revision or 0, bulk_size)
+                for c in checks
+            ]
+    sent = [e for h in done for e in h.sent]
+    rejected = [r for h in done for r in h.rejected]
     metadata = {
-        "rollup_revision": check.revision or 0,
-        "usages_sent": len(result.sent),
-        "new_revisions": len(todo.new),
-        "resent_pending": len(todo.resend),
-        "unchanged_keys": todo.unchanged,
-        "bulks": result.bulks,
+        "hours": MetadataValue.json(
+            [
+                {
+                    "hour": h.hour,
+                    "rollup_revision": h.revision,
+                    "usages_sent": len(h.sent),
+                    "published_total": h.published_total,
+                    "rollup_total": h.rollup_total,
+                }
+                for h in done
+            ]
+        ),
+        "usages_sent": len(sent),
+        "new_revisions": sum(h.new for h in done),
+        "resent_pending": sum(h.resent for h in done),
+        "unchanged_keys": sum(h.unchanged for h in done),
+        "bulks": sum(h.bulks for h in done),
         "bulk_size": bulk_size,
-        "delta_sent": sum(e.delta for e in result.sent),
-        "published_total": sent_total,
-        "rollup_total": sum(targets.values()),
-        "not_published_non_additive_features": MetadataValue.json(skipped),
-        "idempotency_keys": MetadataValue.json([e.idempotency_key for e in result.sent[:20]]),
+        "delta_sent": sum(e.delta for e in sent),
+        "published_total": sum(h.published_total for h in done),
+        "rollup_total": sum(h.rollup_total for h in done),
+        "not_published_non_additive_features": MetadataValue.json(
+            sorted({f for h in done for f in h.skipped})
+        ),
+        "idempotency_keys": MetadataValue.json([e.idempotency_key for e in sent[:20]]),
         "duration_s": round(time.monotonic() - started, 3),
     }
-    if result.rejected:
+    if rejected:
         raise Failure(
-            description=f"the control plane refused {len(result.rejected)} usages "
-            f"({result.rejected[0][1]}); they stay pending and are retried on the next run",
+            description=f"the control plane refused {len(rejected)} usages "
+            f"({rejected[0][1]}); they stay pending and are retried on the next run",
             metadata={
                 **metadata,
                 "rejected": MetadataValue.json(
-                    [{"key": e.idempotency_key, "error": err} for e, err in result.rejected[:20]]
+                    [{"key": e.idempotency_key, "error": err} for e, err in rejected[:20]]
                 ),
             },
             allow_retries=False,  # refusals are permanent until the catalog changes
         )
-    context.log.info(
-        "published %s: %d usages sent in %d bulks",
-        context.partition_key,
-        len(result.sent),
-        result.bulks,
-    )
+    context.log.info("published %d hours: %d usages sent", len(done), len(sent))
     return MaterializeResult(metadata=metadata)

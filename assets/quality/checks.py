@@ -50,20 +50,25 @@ def partitioned_check(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
 def rollup_reconciles_with_raw_events(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
-    hour = hour_start(context.partition_key)
     with warehouse.client() as client:
-        result = reconcile(client, warehouse.database, hour)
+        results = [
+            reconcile(client, warehouse.database, hour_start(key)) for key in context.partition_keys
+        ]
+    failing = [r for r in results if not r.passed]
     return AssetCheckResult(
-        passed=result.passed,
+        passed=not failing,
         severity=AssetCheckSeverity.ERROR,
-        description=result.reason or "rollup equals the raw events",
+        description="; ".join(f"{r.hour:%Y-%m-%dT%H}: {r.reason}" for r in failing[:3])
+        or "rollup equals the raw events",
         metadata={
-            "revision": result.revision or 0,
-            "expected_rows": result.expected_rows,
-            "rollup_rows": result.actual_rows,
-            "expected_total": result.expected_total,
-            "rollup_total": result.actual_total,
-            "mismatches": MetadataValue.json(result.mismatches),
+            "hours": len(results),
+            "failing_hours": MetadataValue.json([f"{r.hour:%Y-%m-%dT%H}" for r in failing]),
+            "revision": results[-1].revision or 0,
+            "expected_rows": sum(r.expected_rows for r in results),
+            "rollup_rows": sum(r.actual_rows for r in results),
+            "expected_total": sum(r.expected_total for r in results),
+            "rollup_total": sum(r.actual_total for r in results),
+            "mismatches": MetadataValue.json([m for r in failing for m in r.mismatches][:20]),
         },
     )
 
@@ -83,9 +88,12 @@ def rollup_expectations(
 
     from assets.quality.expectations import validate_rollup
 
-    hour = hour_start(context.partition_key)
+    rows, hours = [], []
     with warehouse.client() as client:
-        rows = read_rollup(client, warehouse.database, hour)
+        for key in context.partition_keys:
+            found = read_rollup(client, warehouse.database, hour_start(key))
+            rows += found
+            hours += [hour_start(key)] * len(found)
     frame = pd.DataFrame(
         [r.__dict__ for r in rows],
         columns=[
@@ -100,7 +108,7 @@ def rollup_expectations(
             "events",
         ],
     )
-    frame["hour"] = hour
+    frame["hour"] = pd.Series(hours, dtype="datetime64[ns, UTC]")
     frame["env_feature"] = frame["environment"] + "/" + frame["feature_id"]
     allowed: list[str] = []
     with control_plane.catalog() as catalog:
@@ -182,9 +190,18 @@ def compare_archive(client: Any, db: str, day: datetime) -> ArchiveComparison:
 def archive_matches_warehouse(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> AssetCheckResult:
-    day = day_start(context.partition_key)
     with warehouse.client() as client:
-        result = compare_archive(client, warehouse.database, day)
+        results = [
+            compare_archive(client, warehouse.database, day_start(key))
+            for key in context.partition_keys
+        ]
+    result = ArchiveComparison(
+        clickhouse_rows=sum(r.clickhouse_rows for r in results),
+        archive_rows=sum(r.archive_rows for r in results),
+        hours=sum(r.hours for r in results),
+        retired=all(r.retired for r in results),
+        differences=[d for r in results for d in r.differences],
+    )
     return AssetCheckResult(
         passed=result.passed,
         severity=AssetCheckSeverity.ERROR,

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from dagster import (
     AssetExecutionContext,
+    BackfillPolicy,
     Backoff,
     MaterializeResult,
     MetadataValue,
@@ -15,9 +16,9 @@ from dagster import (
 )
 
 from assets.meters import MeterSpec, fetch_meters
-from assets.partitions import HOURLY, hour_start
+from assets.partitions import HOURLY, hour_key, hour_start
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import environments_in, rollup_hour
+from assets.rollups.compute import RollupRevision, environments_in, rollup_hour
 from assets.sources import usage_events
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,14 @@ def totals_table(rows: list[tuple[str, str, float, int]]) -> str:
     return "\n".join(lines)
 
 
+# Backfills batch up to a day of hours per run: one process (and one import of the checks'
+# libraries) per 24 hours instead of per hour. Schedules and the sensor run single hours.
+HOURS_PER_RUN = BackfillPolicy.multi_run(max_partitions_per_run=24)
+
+
 @asset(
     partitions_def=HOURLY,
+    backfill_policy=HOURS_PER_RUN,
     group_name="rollups",
     deps=[usage_events],
     kinds={"clickhouse"},
@@ -63,40 +70,58 @@ def hourly_usage_rollup(
     warehouse: WarehouseResource,
     control_plane: ControlPlaneResource,
 ) -> MaterializeResult:
-    hour = hour_start(context.partition_key)
     started = time.monotonic()
+    hours: list[RollupRevision] = []
+    by_feature: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    environments: set[str] = set()
+    unmetered: set[str] = set()
     with warehouse.client() as client:
         db = warehouse.database
-        environments = environments_in(client, db, hour, hour + timedelta(hours=1))
-        meters = meters_for(control_plane, environments)
-        header = rollup_hour(client, db, hour, meters)
-        per_feature = client.query(
-            f"SELECT environment, feature_id, sum(value), sum(events) FROM {db}.usage_hourly "
-            "WHERE hour = {h:DateTime('UTC')} AND revision = {r:UInt64} "
-            "GROUP BY environment, feature_id ORDER BY environment, feature_id",
-            parameters={"h": hour.strftime("%Y-%m-%d %H:%M:%S"), "r": header.revision},
-        ).result_rows
-    totals: dict[str, float] = defaultdict(float)
-    for env, _feature, value, _events in per_feature:
-        totals[env] += value
-    unmetered = sorted(env for env, ms in meters.items() if not ms)
-    context.log.info(
-        "rolled up %s: %d rows, %d events, revision %d",
-        context.partition_key,
-        header.rows,
-        header.events,
-        header.revision,
-    )
+        for key in context.partition_keys:
+            hour = hour_start(key)
+            present = environments_in(client, db, hour, hour + timedelta(hours=1))
+            meters = meters_for(control_plane, present)
+            header = rollup_hour(client, db, hour, meters)
+            for env, feature, value, events in client.query(
+                f"SELECT environment, feature_id, sum(value), sum(events) FROM {db}.usage_hourly "
+                "WHERE hour = {h:DateTime('UTC')} AND revision = {r:UInt64} "
+                "GROUP BY environment, feature_id",
+                parameters={"h": hour.strftime("%Y-%m-%d %H:%M:%S"), "r": header.revision},
+            ).result_rows:
+                by_feature[(env, feature)][0] += value
+                by_feature[(env, feature)][1] += events
+            environments |= set(meters)
+            unmetered |= {env for env, ms in meters.items() if not ms}
+            hours.append(header)
+            context.log.info(
+                "rolled up %s: %d rows, %d events, revision %d",
+                key,
+                header.rows,
+                header.events,
+                header.revision,
+            )
     return MaterializeResult(
         metadata={
-            "revision": header.revision,
-            "rows": header.rows,
-            "events": header.events,
-            "value_total": header.value_total,
-            "environments": MetadataValue.json(sorted(meters)),
-            "environments_without_meters": MetadataValue.json(unmetered),
+            "hours": MetadataValue.json(
+                [
+                    {
+                        "hour": hour_key(h.hour),
+                        "revision": h.revision,
+                        "rows": h.rows,
+                        "events": h.events,
+                        "value_total": h.value_total,
+                    }
+                    for h in hours
+                ]
+            ),
+            "revision": hours[-1].revision,
+            "rows": sum(h.rows for h in hours),
+            "events": sum(h.events for h in hours),
+            "value_total": sum(h.value_total for h in hours),
+            "environments": MetadataValue.json(sorted(environments)),
+            "environments_without_meters": MetadataValue.json(sorted(unmetered)),
             "totals_by_feature": MetadataValue.md(
-                totals_table([(e, f, float(v), int(n)) for e, f, v, n in per_feature])
+                totals_table([(e, f, v, int(n)) for (e, f), (v, n) in sorted(by_feature.items())])
             ),
             "duration_s": round(time.monotonic() - started, 3),
         }

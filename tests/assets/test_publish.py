@@ -133,7 +133,7 @@ def test_a_failing_reconciliation_blocks_publish(infra, env, ch, config_file):
     # A run of the publish alone is refused by the same reconciliation.
     alone = run(PUBLISH_ONLY, hour_key(hour), config_file)
     assert not alone.success
-    assert "does not reconcile" in str(
+    assert "do not reconcile" in str(
         [e.event_specific_data for e in alone.all_events if e.is_step_failure]
     )
     assert control_plane_totals(infra.settings, env) == {}

@@ -1,0 +1,86 @@
+"""A backfill of 3 hours launched through the GraphQL API of a running `dagster dev`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from byoc_platform.control_plane.client import ControlPlaneClient
+from tests.assets.usage_data import (
+    expected_rollup,
+    fresh_day,
+    insert_events,
+    make_events,
+    new_environment,
+)
+from tests.stack_fixtures import Stack, free_port, start_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(infra: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`dagster dev` (webserver + daemon) as `byoc up` starts it, on the session's engines."""
+    data_dir = tmp_path_factory.mktemp("dagster-dev")
+    ports = infra.settings.ports.model_copy(update={"dagster": free_port()})
+    settings = infra.settings.model_copy(update={"data_dir": data_dir, "ports": ports})
+    stack = start_stack(settings, ["dagster"])
+    try:
+        yield stack
+    finally:
+        stack.supervisor.stop()
+
+
+def test_a_three_hour_backfill_through_graphql_succeeds(dagster_dev, infra):
+    env = new_environment(infra.settings)
+    first = fresh_day() + timedelta(hours=6)
+    hours = [first + timedelta(hours=i) for i in range(3)]
+    events = []
+    with infra.clickhouse() as ch:
+        for i, hour in enumerate(hours):
+            batch = make_events(hour, 150, seed=40 + i)
+            insert_events(ch, "byoc", env, batch)
+            events += batch
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byoc_platform",
+            "rollup",
+            "backfill",
+            "--from",
+            f"{hours[0]:%Y-%m-%dT%H}",
+            "--to",
+            f"{hours[-1]:%Y-%m-%dT%H}",
+            "--timeout",
+            "240",
+        ],
+        env={
+            **os.environ,
+            "BYOC_CONFIG_FILE": str(dagster_dev.settings.data_dir / "settings.yaml"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "COMPLETED_SUCCESS" in done.stderr or "COMPLETED" in done.stderr
+    want: dict[tuple[str, str, str], float] = defaultdict(float)
+    for (_env, customer, resource, feature), value in expected_rollup(env, events).items():
+        if feature in ("feature-api-calls", "feature-tokens"):
+            want[(customer, resource, feature)] += value
+    with ControlPlaneClient.from_settings(infra.settings) as cp:
+        got = {
+            (t.customerId, t.resourceId or "", t.featureId): t.value for t in cp.usage_totals(env)
+        }
+        records = cp.usage_records(env)
+    assert got == pytest.approx(dict(want))
+    assert {r.createdAt[:13] for r in records} == {f"{h:%Y-%m-%dT%H}" for h in hours}
