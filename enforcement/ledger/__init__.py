@@ -81,6 +81,16 @@ Concurrency (zero overdraft under any concurrency, across processes and hosts)
   balances and writes; transient errors (deadlock, serialization, lock timeouts) are retried.
 - Defence in depth: CHECK constraints ``debits_must_not_exceed_credits`` on every non-issuance
   account make an overdraft impossible to commit even if the application logic were wrong.
+- Several processes may share one SQLite file (tested), but they queue for its write lock with
+  SQLite's sleeping busy handler; run several instances on PostgreSQL.
+
+Performance (bench/ledger_consume.py; figures in the issue note)
+--------------------------------------------------------------
+One group-commit transaction of 32 consumptions on one wallet costs ~2 ms of one core on SQLite
+(~60 us per consumption: wallet load and idempotency prefetch once, then ~11 us to decide and
+~14 us to write each, plus the commit). With 64 client threads in one process, the threads'
+wake-ups and GIL hand-offs roughly double the CPU per consumption. Closed-loop latency is
+bounded by Little's law: with N clients, mean latency = N / throughput.
 """
 
 from enforcement.ledger.errors import (

@@ -157,6 +157,7 @@ class GrantOp:
         existing = unit.find_grant(g.environment, g.grant_id)
         if existing is None:
             return self._create(unit, wallet)
+        unit.sweep_grants(wallet, now)  # a grant past its expiry is expired before anything else
         return self._reapply(unit, wallet, existing)
 
     def _check_cap(self, wallet: WalletState) -> None:

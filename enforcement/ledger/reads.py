@@ -74,7 +74,7 @@ def balance(
             else:
                 expired_unswept += units
     for g in loaded.values():
-        if g.payment_pending and not g.finished():
+        if g.payment_pending and not g.finished() and not g.due(now_us):
             pending += g.amount
         live = g.live(now_us)
         if live:

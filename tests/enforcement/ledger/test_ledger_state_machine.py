@@ -54,8 +54,18 @@ class ModelGrant:
     consumed: Decimal = Decimal(0)
     voided: bool = False
     expired: bool = False
+    pending: bool = False  # PAYMENT_PENDING: not issued until paid
+    issued: bool = True
 
     def live(self, now: int) -> bool:
+        return (
+            not self.pending
+            and not self.voided
+            and not self.expired
+            and (self.expire is None or self.expire > now)
+        )
+
+    def live_if_paid(self, now: int) -> bool:
         return not self.voided and not self.expired and (self.expire is None or self.expire > now)
 
     def drawable(self, now: int) -> bool:
@@ -130,6 +140,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model = Model()
         self.now = 0  # seconds after T0
         self.grant_seq = 0
+        self.fields: dict[str, dict[str, object]] = {}
 
     def new_ledger(self) -> Ledger:
         return sqlite_ledger(Path(self.tmp) / "ledger.db")
@@ -150,6 +161,7 @@ class LedgerMachine(RuleBasedStateMachine):
         delay=st.sampled_from([0, 0, 0, 600]),
         lifetime=st.one_of(st.none(), st.integers(min_value=60, max_value=5000)),
         created=st.integers(min_value=0, max_value=3),
+        status=st.sampled_from(["ACTIVE"] * 4 + ["PAYMENT_PENDING"]),
     )
     def add_grant(
         self,
@@ -159,6 +171,7 @@ class LedgerMachine(RuleBasedStateMachine):
         delay: int,
         lifetime: int | None,
         created: int,
+        status: str,
     ) -> None:
         gid = f"g{self.grant_seq}"
         self.grant_seq += 1
@@ -176,11 +189,40 @@ class LedgerMachine(RuleBasedStateMachine):
             "created_at": T0 + timedelta(seconds=created),
         }
         self.model.sweep(self.now)
-        self.ledger.grant(ENV, now=self.at(), **fields)
-        self.ledger.grant(ENV, now=self.at(), **fields)  # re-applied by the sync: no change
+        self.ledger.grant(ENV, now=self.at(), status=status, **fields)
+        self.ledger.grant(ENV, now=self.at(), status=status, **fields)  # re-applied: no change
+        pending = status == "PAYMENT_PENDING"
         self.model.grants[gid] = ModelGrant(
-            gid, amount, priority, grant_type, effective, expire, created, remaining=amount
+            gid,
+            amount,
+            priority,
+            grant_type,
+            effective,
+            expire,
+            created,
+            remaining=Decimal(0) if pending else amount,
+            pending=pending,
+            issued=not pending,
         )
+        self.fields[gid] = fields
+        self.model.sweep(self.now)  # a grant may arrive past its expiry
+
+    @precondition(lambda self: any(g.pending for g in self.model.grants.values()))
+    @rule(data=st.data())
+    def pay(self, data: st.DataObject) -> None:
+        """The control plane re-sends a PAYMENT_PENDING grant as ACTIVE: it is issued now,
+        unless it expired or was voided meanwhile."""
+        gid = data.draw(
+            st.sampled_from(sorted(g.id for g in self.model.grants.values() if g.pending))
+        )
+        m = self.model
+        m.sweep(self.now)
+        self.ledger.grant(ENV, now=self.at(), status="ACTIVE", **self.fields[gid])
+        g = m.grants[gid]
+        g.pending = False
+        if not g.voided and not g.expired:
+            g.remaining = g.amount
+            g.issued = True
 
     @rule(amount=amounts, key=st.sampled_from([f"k{n}" for n in range(6)]) | st.uuids().map(str))
     def consume(self, amount: Decimal, key: str) -> None:
@@ -316,7 +358,11 @@ class LedgerMachine(RuleBasedStateMachine):
             "reserved_on_inactive_grants": sum(
                 (g.held for g in m.grants.values() if not g.live(now)), Decimal(0)
             ),
-            "granted": sum((g.amount for g in m.grants.values()), Decimal(0)),
+            "granted": sum((g.amount for g in m.grants.values() if g.issued), Decimal(0)),
+            "pending_payment": sum(
+                (g.amount for g in m.grants.values() if g.pending and g.live_if_paid(now)),
+                Decimal(0),
+            ),
             "consumed": m.consumed,
             "expired": m.expired,
             "voided": m.voided,
@@ -328,7 +374,9 @@ class LedgerMachine(RuleBasedStateMachine):
         # No grant ever below zero, and what was granted is all accounted for.
         assert all(g.remaining >= 0 and g.held >= 0 for g in m.grants.values())
         total = sum(
-            actual[k] for k in expected if k not in ("granted", "usage_limit", "current_usage")
+            actual[k]
+            for k in expected
+            if k not in ("granted", "usage_limit", "current_usage", "pending_payment")
         )
         assert total == expected["granted"]
 
