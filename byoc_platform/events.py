@@ -118,7 +118,7 @@ class UsageReport(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class UsageReportBatch(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The value of one ``usage.reports`` record: reports of one environment and customer."""
+    """The value of one ``usage.reports`` record: reports of one environment (as EventBatch)."""
 
     v: int
     environment: str
