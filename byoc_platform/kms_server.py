@@ -97,10 +97,46 @@ def restore(path: Path, backends: dict[str, Any]) -> int:
     return count
 
 
+def refuse_unusable_keys(backend: Any) -> None:
+    """Make Encrypt/Decrypt (and what is built on them) refuse keys that are not Enabled.
+
+    AWS KMS answers DisabledException / KMSInvalidStateException for a disabled key or one
+    pending deletion; moto answers as if the key were enabled, which would make "disable the
+    key and the archive is unreadable" (invariant 7) untestable locally.
+    """
+    from moto.core.exceptions import JsonRESTError
+
+    encrypt, decrypt = backend.encrypt, backend.decrypt
+
+    def check(key_id: str) -> None:
+        key = backend.keys[key_id]
+        if key.key_state == "Disabled":
+            raise JsonRESTError("DisabledException", f"{key.arn} is disabled.")
+        if key.key_state != "Enabled":
+            raise JsonRESTError("KMSInvalidStateException", f"{key.arn} is {key.key_state}.")
+
+    def checked_encrypt(key_id: str, plaintext: bytes, encryption_context: Any) -> Any:
+        check(backend.any_id_to_key_id(key_id))
+        return encrypt(key_id=key_id, plaintext=plaintext, encryption_context=encryption_context)
+
+    def checked_decrypt(
+        ciphertext_blob: bytes, encryption_context: Any, key_id: str | None = None
+    ) -> Any:
+        plaintext, arn = decrypt(
+            ciphertext_blob=ciphertext_blob, encryption_context=encryption_context, key_id=key_id
+        )
+        check(arn.rsplit("/", 1)[-1])  # the key the ciphertext names
+        return plaintext, arn
+
+    backend.encrypt, backend.decrypt = checked_encrypt, checked_decrypt
+
+
 def serve(state_file: Path, host: str, port: int, regions: list[str]) -> None:
     from moto.server import ThreadedMotoServer
 
     backends = _backends(regions)
+    for backend in backends.values():
+        refuse_unusable_keys(backend)
     restored = restore(state_file, backends)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     try:

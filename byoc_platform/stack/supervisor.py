@@ -143,6 +143,13 @@ class Supervisor:
         """Start every component in order; on any failure stop what started and raise."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
+        if self.settings.host not in ("127.0.0.1", "localhost", "::1"):
+            # Loopback is the default; anything else exposes every component: say so.
+            message = (
+                f"warning: the stack binds {self.settings.host}, not loopback: its components "
+                "are reachable from the network"
+            )
+            self.on_event(message)
         try:
             for component in self.components:
                 self._start(component)
