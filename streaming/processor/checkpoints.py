@@ -117,6 +117,9 @@ class CheckpointStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(partitions)")}
+        if "pending_job" not in columns:  # files written before flush-level intents
+            self._db.execute("ALTER TABLE partitions ADD COLUMN pending_job TEXT")
 
     def close(self) -> None:
         with self._lock:
