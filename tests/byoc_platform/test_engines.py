@@ -7,6 +7,7 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import NewTopic
 
 from byoc_platform import clients
 from tests.stack_fixtures import Stack
@@ -15,8 +16,11 @@ from tests.stack_fixtures import Stack
 def test_broker_on_s3_storage_produces_and_consumes(infra: Stack) -> None:
     s = infra.settings
     assert s.kafka.storage == "s3"
-    topic = s.kafka.events_topic
+    # A topic of its own: usage.events of the shared stack carries only valid event records.
     marker = uuid.uuid4().hex
+    topic = f"test.engines.{marker}"
+    admin = clients.kafka_admin(s)  # keep it alive until the future resolves
+    admin.create_topics([NewTopic(topic, num_partitions=2)])[topic].result(30)
     producer = Producer(clients.producer_config(s))
     acked: list[str] = []
     for i in range(50):
