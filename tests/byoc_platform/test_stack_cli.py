@@ -170,8 +170,15 @@ def test_no_restart_leaves_a_killed_component_down(settings: Settings) -> None:
         assert _health(settings) == {"kms": "healthy", "s3": "down"}
         assert code == 1
         assert "s3 exited with code -9; not restarting" in up.output()
+        # Ctrl-C stops the stack as `byoc down` does.
+        kms_pid = json.loads(settings.stack_file.read_text())["components"]["kms"]["pid"]
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(60) == 0
+        assert not _alive(kms_pid)
+        assert "stack stopped" in up.output()
     finally:
-        up.down()
+        if up.process.poll() is None:
+            up.down()
 
 
 def test_port_in_use_names_the_component(settings: Settings) -> None:
