@@ -19,6 +19,20 @@ from __future__ import annotations
 
 from typing import Protocol
 
+# Column order of usage_events, for inserts (writers) and Parquet archives (readers).
+USAGE_EVENTS_COLUMNS = (
+    "environment",
+    "customer_id",
+    "resource_id",
+    "event_name",
+    "idempotency_key",
+    "event_time",
+    "ingest_time",
+    "labels",
+    "values",
+    "dimensions",
+)
+
 
 class _Commander(Protocol):
     def command(self, cmd: str) -> object: ...

@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 
 from byoc_platform import clients
+from byoc_platform.warehouse_schema import USAGE_EVENTS_COLUMNS
 from tests.stack_fixtures import Stack
 
 
@@ -62,24 +63,12 @@ def test_warehouse_serves_clickhouse_http(infra: Stack) -> None:
         {"tokens": 12.0},
         "{}",
     ]
-    cols = [
-        "environment",
-        "customer_id",
-        "resource_id",
-        "event_name",
-        "idempotency_key",
-        "event_time",
-        "ingest_time",
-        "labels",
-        "values",
-        "dimensions",
-    ]
     # The same block twice with one dedup token is stored once (replay safety).
     for _ in range(2):
         client.insert(
             f"{db}.usage_events",
             [row],
-            column_names=cols,
+            column_names=USAGE_EVENTS_COLUMNS,
             settings={"insert_deduplication_token": key},
         )
     result = client.query(
