@@ -26,6 +26,7 @@ from byoc_platform.settings import Settings
 from tests.stack_fixtures import free_port, settings_env
 
 REPO = Path(__file__).resolve().parents[3]
+START_TIMEOUT_S = 120
 
 
 @dataclass
@@ -77,7 +78,8 @@ def start_api(
             cwd=REPO,
         )
     api = ApiProcess(settings, api_key, port, proc, log_path)
-    deadline = time.monotonic() + 30
+    # Generous: on a loaded 2-core machine the interpreter start alone can take many seconds.
+    deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"runtime API exited {proc.returncode}:\n{api.log()}")
@@ -88,7 +90,7 @@ def start_api(
             pass
         if time.monotonic() > deadline:
             api.stop(signal.SIGKILL)
-            raise RuntimeError(f"runtime API not ready in 30s:\n{api.log()}")
+            raise RuntimeError(f"runtime API not ready in {START_TIMEOUT_S}s:\n{api.log()}")
         time.sleep(0.2)
 
 
