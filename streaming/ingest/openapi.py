@@ -187,7 +187,7 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
             "The body is not a JSON object, or query/operationName/variables are ill-typed",
         ),
         "401": _json(_ERROR, "Invalid or missing API key"),
-        "413": _json(_GRAPHQL_ERRORS, f"A body over {max_body} bytes"),
+        "413": _json(_GRAPHQL_ERRORS, f"More than {limit} items, or a body over {max_body} bytes"),
         "429": _json(_GRAPHQL_ERRORS, "Producer buffer full; retry after", headers=_RETRY_HEADERS),
         "503": _json(_GRAPHQL_ERRORS, "Broker unavailable; retry after", headers=_RETRY_HEADERS),
     }

@@ -134,12 +134,15 @@ def test_broker_down_answers_503_and_429_with_retry_after_and_writes_nothing(
     assert body["components"]["ingest"]["ready"] is False
 
     restart_broker(own_stack, api)
-    assert post(api, events(refused, 1, prefix="sentinel")).status_code == 200
+    for customer in (refused, down):
+        assert post(api, events(customer, 1, prefix="sentinel")).status_code == 200
     reader = events_reader(own_stack.settings)
     try:
-        found = reader.read([refused], lambda f: count(f, [refused]) >= 1)
-        # The 429'd batch was refused before anything was produced: only the sentinel.
+        found = reader.read([refused, down], lambda f: count(f, [refused, down]) >= 2)
+        # The 429'd batch was refused before anything was produced; the 503'd one expired in
+        # the producer while the broker was down: only the sentinels.
         assert [e.idempotencyKey for e in items_of(found, refused)] == ["sentinel0"]
+        assert [e.idempotencyKey for e in items_of(found, down)] == ["sentinel0"]
     finally:
         reader.close()
 

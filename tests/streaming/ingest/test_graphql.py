@@ -162,3 +162,43 @@ def test_unknown_operation_and_malformed_body(ingest_api: ApiProcess) -> None:
     assert malformed.json()["errors"][0]["message"].startswith("Malformed JSON")
     anonymous = httpx.post(f"{ingest_api.url}/graphql", json={"query": "{}"})
     assert anonymous.status_code == 401
+
+
+def test_too_many_events_is_413_with_an_errors_body(
+    ingest_api: ApiProcess, events_reader: KafkaReader
+) -> None:
+    customer = unique("gql-413")
+    body = {
+        "query": "mutation ReportEvent($input: UsageEventsReportInput!) "
+        "{ reportEvent(events: $input) }",
+        "operationName": "ReportEvent",
+        "variables": {
+            "input": {
+                "usageEvents": [
+                    {"customerId": customer, "eventName": "e", "idempotencyKey": str(i)}
+                    for i in range(1001)
+                ]
+            }
+        },
+    }
+    response = httpx.post(
+        f"{ingest_api.url}/graphql", json=body, headers={"X-API-KEY": ingest_api.api_key}
+    )
+    assert response.status_code == 413
+    assert "1001" in response.json()["errors"][0]["message"]
+    sentinel = {
+        **body,
+        "variables": {
+            "input": {
+                "usageEvents": [
+                    {"customerId": customer, "eventName": "e", "idempotencyKey": "sentinel"}
+                ]
+            }
+        },
+    }
+    ok = httpx.post(
+        f"{ingest_api.url}/graphql", json=sentinel, headers={"X-API-KEY": ingest_api.api_key}
+    )
+    assert ok.status_code == 200 and ok.json() == {"data": {"reportEvent": None}}
+    found = events_reader.read([customer], lambda f: count(f, [customer]) >= 1)
+    assert [e.idempotencyKey for e in items_of(found, customer)] == ["sentinel"]
