@@ -62,13 +62,15 @@ class WarehouseResource(PlatformResource):
         return self.settings.clickhouse.database
 
     @contextmanager
-    def client(self) -> Iterator[ClickHouseClient]:
+    def client(self, ensure: bool = True) -> Iterator[ClickHouseClient]:
+        """A client (one per thread); ``ensure``: create the Dagster-owned tables if missing."""
         from assets.warehouse_tables import ensure_tables
         from byoc_platform.clients import clickhouse
 
         client = clickhouse(self.settings)
         try:
-            ensure_tables(client, self.database)
+            if ensure:
+                ensure_tables(client, self.database)
             yield client
         finally:
             client.close()

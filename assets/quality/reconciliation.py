@@ -2,10 +2,9 @@
 
 The expected values are recomputed along a DIFFERENT path than the rollup's SQL: one generic
 scan of ``usage_events FINAL`` grouped by (environment, customer, resource, event name) with
-``count()``, ``sumMap`` and ``maxMap`` of the numeric values (plus a distinct count per label
-when a UNIQUE meter exists), mapped to features in Python through the meters the rollup
-recorded. A stale rollup (late events arrived since), a partial write or a bug in either path
-shows up as a mismatch.
+``count()``, ``sumMap``/``maxMap`` of the numeric values and ``uniqExactMap`` of the labels,
+mapped to features in Python through the meters the rollup recorded. A stale rollup (late
+events arrived since), a partial write or a bug in either path shows up as a mismatch.
 """
 
 from __future__ import annotations
@@ -61,27 +60,18 @@ def expected_from_raw(
     )
     groups = client.query(
         f"SELECT environment, customer_id, resource_id, event_name, count(), "
-        f"sumMap(`values`), maxMap(`values`) FROM {db}.usage_events FINAL WHERE {where} "
+        f"sumMap(`values`), maxMap(`values`), uniqExactMap(labels) "
+        f"FROM {db}.usage_events FINAL WHERE {where} "
         "GROUP BY environment, customer_id, resource_id, event_name",
         parameters=params,
         settings=FINAL_SETTINGS,
     ).result_rows
-    uniques: dict[tuple[str, str, str, str, str], int] = {}
-    if any(m.aggregation == "UNIQUE" for ms in meters_by_env.values() for m in ms):
-        for env, cust, res, name, label, n in client.query(
-            f"SELECT environment, customer_id, resource_id, event_name, k, uniqExact(labels[k]) "
-            f"FROM {db}.usage_events FINAL ARRAY JOIN mapKeys(labels) AS k WHERE {where} "
-            "GROUP BY environment, customer_id, resource_id, event_name, k",
-            parameters=params,
-            settings=FINAL_SETTINGS,
-        ).result_rows:
-            uniques[(env, cust, res, name, label)] = int(n)
     expected: dict[Key, float] = {}
     by_event: dict[tuple[str, str], list[MeterSpec]] = defaultdict(list)
     for env, meters in meters_by_env.items():
         for m in meters:
             by_event[(env, m.event_name)].append(m)
-    for env, cust, res, name, count, sums, maxs in groups:
+    for env, cust, res, name, count, sums, maxs, uniques in groups:
         for m in by_event.get((env, name), []):
             key = (env, cust, res, m.feature_id)
             if m.aggregation == "COUNT":
@@ -92,8 +82,8 @@ def expected_from_raw(
                 expected[key] = 0.0  # events without the field: counted, worth nothing
             elif m.aggregation == "MAX" and m.field in maxs:
                 expected[key] = float(maxs[m.field])
-            elif m.aggregation == "UNIQUE" and (env, cust, res, name, m.field) in uniques:
-                expected[key] = float(uniques[(env, cust, res, name, m.field)])
+            elif m.aggregation == "UNIQUE" and m.field in uniques:
+                expected[key] = float(uniques[m.field])
     return expected
 
 
