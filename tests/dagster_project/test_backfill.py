@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from byoc_platform.control_plane.client import ControlPlaneClient
@@ -35,6 +36,22 @@ def dagster_dev(infra: Stack, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield stack
     finally:
         stack.supervisor.stop()
+
+
+def test_dagster_dev_serves_the_code_location_with_its_groups(dagster_dev):
+    url = f"http://127.0.0.1:{dagster_dev.settings.ports.dagster}/graphql"
+    query = "{ assetNodes { assetKey { path } groupName } }"
+    nodes = httpx.post(url, json={"query": query}, timeout=30).json()["data"]["assetNodes"]
+    groups = {n["assetKey"]["path"][-1]: n["groupName"] for n in nodes}
+    assert set(groups.values()) == {
+        "sources",
+        "rollups",
+        "publish",
+        "archive",
+        "retention",
+        "quality",
+    }
+    assert groups["hourly_usage_rollup"] == "rollups"
 
 
 def test_a_three_hour_backfill_through_graphql_succeeds(dagster_dev, infra):

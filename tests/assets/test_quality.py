@@ -1,0 +1,77 @@
+"""The freshness check of the source and the coverage asset, each on a database of its own."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dagster import AssetSelection
+
+from assets.partitions import floor_hour, hour_key
+from byoc_platform.warehouse_schema import apply_migrations
+from tests.assets.conftest import checks, metadata, run
+from tests.assets.usage_data import EVENT_COLUMNS, insert_events, make_events, settings_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_database(infra, ch, tmp_path):
+    """A settings file whose warehouse database holds only this test's rows."""
+    db = f"quality_{uuid.uuid4().hex[:8]}"
+    apply_migrations(ch, db)
+    try:
+        yield db, settings_file(tmp_path, infra.settings, clickhouse={"database": db})
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_freshness_check_fails_on_a_silent_source_and_passes_on_a_flowing_one(ch, own_database):
+    db, config = own_database
+    freshness = AssetSelection.checks_for_assets("usage_events")
+
+    empty = checks(run(freshness, None, config))["usage_events_freshness"]
+    assert not empty.passed and "empty" in empty.description
+
+    old = datetime.now(UTC) - timedelta(hours=3)
+    ch.insert(
+        f"{db}.usage_events",
+        [["env", "c", "", "api_call", "k-old", old, old, {}, {}, "{}"]],
+        column_names=EVENT_COLUMNS,
+    )
+    stale = checks(run(freshness, None, config))["usage_events_freshness"]
+    assert not stale.passed and stale.metadata["lag_minutes"].value > 170
+
+    insert_events(ch, db, "env", make_events(datetime.now(UTC), 1, seed=1))  # ingested now
+    fresh = checks(run(freshness, None, config))["usage_events_freshness"]
+    assert fresh.passed and fresh.metadata["lag_minutes"].value < 60
+
+
+def test_coverage_reports_hours_not_rolled_up_and_stale_after_late_events(env, ch, own_database):
+    db, config = own_database
+    now = floor_hour(datetime.now(UTC))
+    rolled, missed = now - timedelta(hours=3), now - timedelta(hours=5)
+    for hour in (rolled, missed):
+        insert_events(ch, db, env, make_events(hour, 20, seed=hour.hour))
+    assert run(
+        AssetSelection.assets("hourly_usage_rollup").without_checks(), hour_key(rolled), config
+    ).success
+    # A late event lands in the rolled-up hour afterwards.
+    ch.insert(
+        f"{db}.late_hours",
+        [[env, rolled, datetime.now(UTC)]],
+        column_names=["environment", "hour", "recorded_at"],
+    )
+
+    result = run(AssetSelection.assets("pipeline_coverage"), None, config)
+
+    assert result.success
+    meta = metadata(result, "pipeline_coverage")
+    assert meta["hours_with_events"] == 2
+    assert meta["hours_not_rolled_up"] == 1
+    assert meta["hours_stale_after_late_events"] == 1
+    assert meta["hours_archived"] == 0
+    table = meta["hours"]
+    assert f"| {missed:%Y-%m-%d %H}:00 | 20 | NO |" in table
+    assert f"| {rolled:%Y-%m-%d %H}:00 | 20 | yes | STALE |" in table
