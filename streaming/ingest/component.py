@@ -78,7 +78,10 @@ class IngestComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         self._ready = (False, "stopped")
-        remaining = await asyncio.to_thread(self.producer.close, 30.0)
+        # Records expire after produce_timeout_s (message.timeout.ms), so flushing cannot take
+        # longer; this keeps SIGTERM -> exit within the supervisor's stop timeout.
+        timeout = self.settings.api.produce_timeout_s + 5
+        remaining = await asyncio.to_thread(self.producer.close, timeout)
         if remaining:
             log.error("%d records not flushed at shutdown", remaining)
         else:

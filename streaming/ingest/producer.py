@@ -127,7 +127,8 @@ class DurableProducer:
         self.buffer_limit = settings.api.producer_buffer_bytes
         self._overrides = overrides
         self._on_latency = on_latency or (lambda seconds: None)
-        self._lock = threading.Lock()
+        # Re-entrant: a callback can run while its thread is inside the producer (flush).
+        self._lock = threading.RLock()
         self._inflight_bytes = 0
         self._producer: Any = None
         self._fatal: Any = None

@@ -49,7 +49,12 @@ class ApiProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a server behind; the test still fails
+            self.proc.wait(10)
+            raise
 
 
 def start_api(
