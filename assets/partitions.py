@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from dagster import DailyPartitionsDefinition, HourlyPartitionsDefinition
 
@@ -49,10 +49,6 @@ def parse_hour(text: str) -> datetime:
             raise ValueError(f"{text!r} is not the start of an hour")
         return parsed
     raise ValueError(f"{text!r} is not an hour; expected e.g. 2026-01-01T13 (UTC)")
-
-
-def hours_of_day(day: datetime) -> list[datetime]:
-    return [day + timedelta(hours=h) for h in range(24)]
 
 
 def ch_time(moment: datetime) -> str:

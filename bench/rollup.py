@@ -13,7 +13,8 @@ Then, each ``--repeat`` times:
 - ``reconcile_s``: the blocking reconciliation check (recomputation along another path);
 - ``asset_s``: the whole ``hourly_usage_rollup`` asset materialized by Dagster in process
   (catalog fetch from the control plane, rollup, metadata), without its checks.
-``warehouse_cpu_s``: CPU the warehouse process spent in the rollup (contention-proof).
+``warehouse_cpu_s``: CPU the warehouse process spent in the rollup (contention-proof). The
+first repeat runs while ClickHouse still merges the parts of the fresh 10M-row insert.
 
     .venv/bin/python bench/rollup.py                   # 10M events, 3 repeats
     .venv/bin/python bench/rollup.py --events 1000000  # smaller
@@ -162,10 +163,13 @@ def main() -> None:
             "events": raw,
             "rows_stored_with_replays": stored,
             "generate_s": round(gen_s, 2),
+            "rollup_s_runs": [round(t, 3) for t in rollup_s],
             "rollup_s_min": round(min(rollup_s), 3),
             "rollup_s_median": round(statistics.median(rollup_s), 3),
             "reconcile_s_median": round(statistics.median(reconcile_s), 3),
+            "asset_s_runs": [round(t, 3) for t in asset_s],
             "asset_s_median": round(statistics.median(asset_s), 3),
+            "warehouse_cpu_s_runs": [round(c, 2) for c in cpu],
             "warehouse_cpu_s_median": round(statistics.median(cpu), 3) if cpu else None,
             "rollup_rows": header.rows,
             "goal_s": 5.0,

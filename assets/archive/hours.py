@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -340,6 +340,3 @@ def archived_environments(s3: Any, bucket: str, hour: datetime) -> list[str]:
             if found.get("KeyCount", 0):
                 envs.append(env)
     return envs
-
-
-ProgressFn = Callable[[int], None]

@@ -163,12 +163,3 @@ def plan(hour: datetime, targets: dict[Key, float], ledger: list[Entry]) -> Plan
             )
         )
     return Plan(resend=resend, new=new, unchanged=unchanged)
-
-
-def published_totals(client: Client, db: str, hour: datetime) -> dict[Key, float]:
-    """Sum of the SENT deltas per key: what the control plane holds for the hour."""
-    totals: dict[Key, float] = defaultdict(float)
-    for e in read_ledger(client, db, hour):
-        if e.status == "sent":
-            totals[e.key] += e.delta
-    return dict(totals)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from assets.meters import MeterSpec
@@ -143,7 +143,3 @@ def reconcile(client: Client, db: str, hour: datetime, sample: int = 20) -> Reco
         mismatches=mismatches[:sample],
         reason=reason,
     )
-
-
-def hour_end(hour: datetime) -> datetime:
-    return hour + timedelta(hours=1)
