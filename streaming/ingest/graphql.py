@@ -138,8 +138,9 @@ class GraphQLRoute:
         inp = wire.convert(data, wire.GqlEventsInput, "input")
         events = inp.usageEvents
         wire.check_count(len(events), service.max_items, "usageEvents")
-        wire.stamp_events(events, now_ms(), service.max_future_ms, "input.usageEvents")
-        await service.ingest_events("graphql", environment, events)
+        received = now_ms()
+        wire.stamp_events(events, received, service.max_future_ms, "input.usageEvents")
+        await service.ingest_events("graphql", environment, events, received)
         return {"reportEvent": None}
 
     async def report_usage(self, environment: str, data: Any) -> dict[str, Any]:

@@ -88,13 +88,14 @@ class RestRoutes:
         service.metrics.requests.labels("events").inc()
         try:
             body = await read_body(request, self.body_limit)
+            received = now_ms()  # default event time and the records' receivedAt
             events = wire.decode_events(
                 body,
                 max_events=service.max_items,
-                now_ms=now_ms(),
+                now_ms=received,
                 max_future_ms=service.max_future_ms,
             )
-            await service.ingest_events("events", request.state.environment, events)
+            await service.ingest_events("events", request.state.environment, events, received)
         except ApiError as exc:
             service.metrics.rejections.labels("events", rejection_reason(exc)).inc()
             raise

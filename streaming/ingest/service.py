@@ -122,9 +122,12 @@ class IngestService:
 
     # --- raw events --------------------------------------------------------------------------
 
-    async def ingest_events(self, route: str, environment: str, events: list[Any]) -> int:
-        """Produce already stamped events; returns how many were acknowledged."""
-        received = now_ms()
+    async def ingest_events(
+        self, route: str, environment: str, events: list[Any], received: int
+    ) -> int:
+        """Produce events stamped at ``received`` (receive time, epoch ms); returns the count.
+
+        The same receive time is the default event time and the record's receivedAt."""
         batch = records.event_records(
             self.events_topic,
             environment,
