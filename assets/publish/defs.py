@@ -16,13 +16,13 @@ from dagster import (
 )
 
 from assets.meters import ADDITIVE
-from assets.partitions import HOURLY, hour_key, hour_start
+from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.publish.ledger import Entry, plan, read_ledger, record
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
 from assets.rollups.compute import read_rollup
-from assets.rollups.defs import HOURS_PER_RUN, hourly_usage_rollup
+from assets.rollups.defs import hourly_usage_rollup
 
 # One publish at a time per instance: two concurrent publishes of one hour could both plan
 # the same revision with different deltas (see ledger.py). Set this pool's limit to 1.
@@ -71,7 +71,8 @@ def publish_hour(
     )
 
 
-@asset(
+@quietly(
+    asset,
     partitions_def=HOURLY,
     backfill_policy=HOURS_PER_RUN,
     group_name="publish",

@@ -4,7 +4,6 @@ The checks are partitioned like their assets (``partitions_def`` on asset checks
 API in Dagster 1.13, pinned exactly for that reason), so each partition has its own result.
 """
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,14 +14,13 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     MetadataValue,
-    PreviewWarning,
     asset_check,
 )
 
 from assets.archive.defs import cold_archive
 from assets.archive.hours import hot_fingerprints, recorded_manifests
 from assets.meters import fetch_feature_ids
-from assets.partitions import DAILY, HOURLY, day_start, hour_start
+from assets.partitions import DAILY, HOURLY, day_start, hour_start, quietly
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
 from assets.rollups.compute import read_rollup
@@ -30,14 +28,8 @@ from assets.rollups.defs import hourly_usage_rollup
 
 
 def partitioned_check(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``asset_check`` with ``partitions_def``, without its (known, intended) preview warning."""
-
-    def decorate(fn: Callable[..., Any]) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PreviewWarning)
-            return asset_check(**kwargs)(fn)
-
-    return decorate
+    """``asset_check`` with ``partitions_def`` (a preview API), without its warning."""
+    return quietly(asset_check, **kwargs)
 
 
 @partitioned_check(

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Backoff,
     MaterializeResult,
     MetadataValue,
@@ -16,7 +15,7 @@ from dagster import (
 )
 
 from assets.meters import MeterSpec, fetch_meters
-from assets.partitions import HOURLY, hour_key, hour_start
+from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.resources import ControlPlaneResource, WarehouseResource
 from assets.rollups.compute import RollupRevision, environments_in, rollup_hour
 from assets.sources import usage_events
@@ -49,12 +48,8 @@ def totals_table(rows: list[tuple[str, str, float, int]]) -> str:
     return "\n".join(lines)
 
 
-# Backfills batch up to a day of hours per run: one process (and one import of the checks'
-# libraries) per 24 hours instead of per hour. Schedules and the sensor run single hours.
-HOURS_PER_RUN = BackfillPolicy.multi_run(max_partitions_per_run=24)
-
-
-@asset(
+@quietly(
+    asset,
     partitions_def=HOURLY,
     backfill_policy=HOURS_PER_RUN,
     group_name="rollups",
