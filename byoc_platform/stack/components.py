@@ -235,8 +235,11 @@ def _dagster_prepare(s: Settings) -> None:
     home = s.component_dir("dagster")
     (home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster.core.run_coordinator\n"
-        "  class: QueuedRunCoordinator\n  config:\n    max_concurrent_runs: 2\n"
+        "concurrency:\n"
+        "  runs:\n    max_concurrent_runs: 2\n"
+        # Pools are opt-in per asset: only `published_usage` declares one, and two publishes
+        # of one hour must never run at once (assets/publish/ledger.py).
+        "  pools:\n    default_limit: 1\n"
     )
 
 
