@@ -176,3 +176,21 @@ def test_the_stack_supervisor_warns_when_not_on_loopback(tmp_path: Path) -> None
     finally:
         supervisor.stop()
     assert any("binds 127.0.0.2, not loopback" in e for e in events), events
+
+
+def test_dagster_listens_on_loopback_only(tmp_path: Path) -> None:
+    # Not part of the shared secure stack (it costs ~0.7 GB): its own supervisor, as `byoc up`.
+    from byoc_platform.stack.supervisor import Supervisor
+    from tests.stack_fixtures import test_settings
+
+    settings = test_settings(tmp_path / "data")
+    supervisor = Supervisor(settings, ["dagster"], restart=False)
+    supervisor.start()
+    try:
+        time.sleep(3.0)  # the daemon and the code server come up after the UI answers
+        addresses = listening_addresses(supervisor.running["dagster"].process.pid)
+    finally:
+        supervisor.stop()
+    assert ("127.0.0.1", settings.ports.dagster) in addresses
+    exposed = {a for a in addresses if not ipaddress.ip_address(a[0]).is_loopback}
+    assert not exposed, exposed
