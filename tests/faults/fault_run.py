@@ -16,9 +16,11 @@ an exact reconciliation:
 - credits: every consumption key replayed on the healed stack is applied once or refused,
   usage equals the applied amounts, never above the grant; the ledger's books balance.
 
-Figures go out as one ``FAULT-FIGURES`` JSON line. Run it from pytest
-(tests/faults/test_kill_components_under_load.py) or directly:
-``.venv/bin/python -m tests.faults.fault_run --seed 7 --rounds 3 --dir /tmp/faults``.
+Figures go out as one ``FAULT-FIGURES`` JSON line; the exit status is 1 when anything did
+not reconcile. Run: ``.venv/bin/python -m tests.faults.fault_run --seed 7 --rounds 3 --dir
+/tmp/faults`` (``--victims kafka`` to kill one component only). The pytest wrapper that puts
+this run in ``make test`` waits for finding F1 of docs/reliability.md to be fixed: until then
+the run fails on some seeds.
 """
 
 from __future__ import annotations
@@ -148,8 +150,13 @@ def counter_problems(api_url: str, api_key: str, events: list[Any], timeout_s: f
 
 
 def run(
-    base_dir: Path, seed: int = DEFAULT_SEED, rounds: int = 3, say: Callable[[str], None] = print
+    base_dir: Path,
+    seed: int = DEFAULT_SEED,
+    rounds: int = 3,
+    say: Callable[[str], None] = print,
+    victims: list[str] | None = None,
 ) -> FaultResult:
+    victims = victims or VICTIMS
     started = time.monotonic()
     say(f"fault run seed={seed} rounds={rounds} (replay: BYOC_FAULT_SEED={seed})")
     settings = test_settings(base_dir / f"stack-{seed}-{int(time.time())}")
@@ -183,7 +190,7 @@ def run(
         time.sleep(3.0)  # load flowing before the first kill
         kills = run_kills(
             supervisor,
-            KillPlan(VICTIMS, rounds, seed),
+            KillPlan(victims, rounds, seed),
             watchdog,
             on_kill=lambda k: say(
                 f"  kill round {k.round} {k.component} pid {k.pid} at {k.at_s:.1f}s, "
@@ -253,7 +260,7 @@ def run(
         by_component: dict[str, int] = {}
         for k in kills:
             by_component[k.component] = by_component.get(k.component, 0) + 1
-        if min(by_component.values(), default=0) < rounds or set(by_component) != set(VICTIMS):
+        if min(by_component.values(), default=0) < rounds or set(by_component) != set(victims):
             problems["stack"].append(f"kills per component {by_component}, wanted {rounds} each")
         figures = rc.Figures(
             seed=seed,
@@ -304,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, required=True, help="where the stack's data goes")
+    parser.add_argument("--victims", nargs="+", choices=VICTIMS, default=VICTIMS)
     args = parser.parse_args(argv)
-    result = run(args.dir, args.seed, args.rounds, say=lambda m: print(m, flush=True))
+    result = run(args.dir, args.seed, args.rounds, lambda m: print(m, flush=True), args.victims)
     return 1 if result.failed else 0
 
 
