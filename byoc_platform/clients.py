@@ -53,6 +53,20 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     )
 
 
+def acknowledged(err: Any, msg: Any) -> bool:
+    """Whether a delivery report means the record is in the log.
+
+    After a broker restart, librdkafka's idempotent producer can report a record as delivered
+    (no error) WITHOUT an offset, and the record is not in the log (seen with Tansu: tests/faults
+    test_broker_acknowledgements). Only a report with an offset counts as durable; anything
+    else must be treated as a failure and resent (dedup absorbs the rare duplicate).
+    """
+    if err is not None or msg is None:
+        return False
+    offset = msg.offset()
+    return offset is not None and offset >= 0
+
+
 def kafka_admin(settings: Settings, quiet: bool = False) -> Any:
     """An admin client; ``quiet`` silences librdkafka's connection errors (health probes)."""
     from confluent_kafka.admin import AdminClient

@@ -54,7 +54,11 @@ def encode_batch(batch: EventBatch) -> bytes:
 
 
 def decode_batch(data: bytes) -> EventBatch:
-    return _batch_decoder.decode(data)
+    """Decode a record value; any undecodable value raises msgspec.DecodeError."""
+    try:
+        return _batch_decoder.decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:  # invalid UTF-8, absurd nesting
+        raise msgspec.DecodeError(f"undecodable record: {type(exc).__name__}") from exc
 
 
 def record_key(environment: str, customer_id: str) -> bytes:

@@ -244,14 +244,14 @@ class UsageFeed:
 
                 def report(
                     err: Any,
-                    _msg: Any,
+                    msg: Any,
                     item: tuple[str, list[UsageEvent]] = (customer_id, batch_events),
                     failures: list[tuple[str, list[UsageEvent]]] = failures,
                     errors: list[str] = errors,
                 ) -> None:
-                    if err is not None:
+                    if not clients.acknowledged(err, msg):  # error, or acked with no offset
                         failures.append(item)
-                        errors.append(str(err))
+                        errors.append(str(err or "delivered without an offset"))
 
                 producer.produce(
                     self.settings.kafka.events_topic,

@@ -134,7 +134,7 @@ class PartitionEngine:
         """Decode a Kafka record value (byoc_platform.events format) and process it."""
         try:
             batch = decode_batch(value)
-        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidRecord(f"partition {self.partition} offset {offset}: {exc}") from exc
         return self.process(offset, batch)
 

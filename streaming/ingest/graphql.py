@@ -102,6 +102,10 @@ class GraphQLRoute:
                 document = msgspec.json.decode(body)
             except msgspec.DecodeError as exc:
                 raise wire.Rejected(400, f"Malformed JSON: {exc}", "malformed") from None
+            except (UnicodeDecodeError, RecursionError) as exc:  # bad UTF-8, absurd nesting
+                raise wire.Rejected(
+                    400, f"Malformed JSON: {type(exc).__name__}", "malformed"
+                ) from None
             if not isinstance(document, dict):
                 raise wire.Rejected(400, "The request body must be a JSON object", "malformed")
             name = document.get("operationName")

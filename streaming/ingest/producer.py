@@ -97,6 +97,8 @@ class _Waiter:
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         # Runs in the poll thread (and, for never-produced records, in the request's thread).
+        if err is None and not clients.acknowledged(err, msg):
+            err = "delivered without an offset: not in the log"
         if err is not None and not isinstance(err, str):  # str: never handed to librdkafka
             self.owner._check_broken(err)
         with self.owner._lock:

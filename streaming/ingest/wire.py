@@ -33,6 +33,7 @@ ONE_MS = timedelta(milliseconds=1)
 # Stigg's limits for usage values (the REST SDK's docstring of `value`).
 MAX_FRACTIONAL = 2.0**35
 MAX_WHOLE = 2.0**53 - 1
+MAX_DIMENSION = 2**1023  # numeric dimensions must stay finite as floats
 
 
 class WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
@@ -125,17 +126,22 @@ def decode_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        # msgspec validates while it parses, so a truncated document can surface as a type
-        # error first; re-parse without a schema to tell malformed JSON (400) apart.
-        try:
-            msgspec.json.decode(body)
-        except msgspec.DecodeError as malformed:
-            raise Rejected(
-                400, f"Malformed JSON: {malformed}", "malformed", retryable=False
-            ) from None
-        raise _invalid(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Rejected(400, f"Malformed JSON: {exc}", "malformed", retryable=False) from None
+        problem = str(exc)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _malformed(exc) from None
+    # msgspec validates while it parses, so a truncated document can surface as a type error
+    # first; re-parse without a schema to tell malformed JSON (400) apart.
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _malformed(exc) from None
+    raise _invalid(problem)
+
+
+def _malformed(exc: Exception) -> Rejected:
+    # Invalid UTF-8 and absurd nesting surface as Python errors, not DecodeError.
+    detail = exc if isinstance(exc, msgspec.DecodeError) else type(exc).__name__
+    return Rejected(400, f"Malformed JSON: {detail}", "malformed", retryable=False)
 
 
 def check_count(count: int, max_items: int, what: str) -> None:
@@ -158,6 +164,17 @@ def stamp_events(
     """Replace each event's datetime by epoch ms (receive time when absent); 422 if too new."""
     limit = now_ms + max_future_ms
     for index, event in enumerate(events):
+        for name, value in event.dimensions.items():
+            # A JSON integer beyond float range is valid JSON but no usable number: refuse it
+            # here, before it is durable (the stream engine sums dimensions as floats).
+            if type(value) is int and not -MAX_DIMENSION < value < MAX_DIMENSION:
+                raise Rejected(
+                    422,
+                    f"Invalid request: number out of range - at "
+                    f"`{path}[{index}].dimensions.{name}`",
+                    "invalid",
+                    retryable=False,
+                )
         ts = event.timestamp
         if ts is None:
             event.timestamp = now_ms

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaException
 
+from byoc_platform.clients import acknowledged
 from byoc_platform.events import SCHEMA_VERSION, record_key
 from streaming.engine import EventRow
 from streaming.processor.errors import Aborted
@@ -162,9 +163,9 @@ class DedupedPublisher:
 
     def _delivered(self, record: Record) -> Callable[[Any, Any], None]:
         def callback(err: Any, msg: Any) -> None:
-            if err is not None:
+            if not acknowledged(err, msg):  # an error, or "delivered" without an offset
                 self._failed.append(record)
-                if err.fatal():
+                if err is not None and err.fatal():
                     self._broken = True
 
         return callback
