@@ -67,6 +67,24 @@ def acknowledged(err: Any, msg: Any) -> bool:
     return offset is not None and offset >= 0
 
 
+# Errors after which an idempotent producer must be replaced, not reused: Tansu fences the
+# old producer id after a broker restart, and every later send with it fails the same way.
+_UNUSABLE_PRODUCER = frozenset(
+    {
+        "PRODUCER_FENCED",
+        "INVALID_PRODUCER_EPOCH",
+        "UNKNOWN_PRODUCER_ID",
+        "OUT_OF_ORDER_SEQUENCE_NUMBER",
+        "INVALID_PRODUCER_ID_MAPPING",
+    }
+)
+
+
+def producer_unusable(err: Any) -> bool:
+    """Whether a delivery error means the producer itself must be replaced."""
+    return err is not None and (err.fatal() or err.name() in _UNUSABLE_PRODUCER)
+
+
 def kafka_admin(settings: Settings, quiet: bool = False) -> Any:
     """An admin client; ``quiet`` silences librdkafka's connection errors (health probes)."""
     from confluent_kafka.admin import AdminClient

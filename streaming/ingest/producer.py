@@ -41,13 +41,6 @@ LOG_INTERVAL_S = 10.0
 NOT_PRODUCED = "not produced"
 # Errors after which this producer's idempotence state is unusable (Tansu fences the old
 # producer id after a restart): a fresh producer (new InitProducerId) is needed.
-_BROKEN_STATE = {
-    "PRODUCER_FENCED",
-    "INVALID_PRODUCER_EPOCH",
-    "UNKNOWN_PRODUCER_ID",
-    "OUT_OF_ORDER_SEQUENCE_NUMBER",
-    "INVALID_PRODUCER_ID_MAPPING",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +198,7 @@ class DurableProducer:
 
     def _check_broken(self, err: Any) -> bool:
         """Mark the producer for replacement after a fatal or fencing error."""
-        broken = err.fatal() or err.name() in _BROKEN_STATE
+        broken = clients.producer_unusable(err)
         if broken and self._fatal is None:
             log.error("producer unusable (%s): replacing it", err)
             self._fatal = err

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaException
 
-from byoc_platform.clients import acknowledged
+from byoc_platform.clients import acknowledged, producer_unusable
 from byoc_platform.events import SCHEMA_VERSION, record_key
 from streaming.engine import EventRow
 from streaming.processor.errors import Aborted
@@ -165,7 +165,7 @@ class DedupedPublisher:
         def callback(err: Any, msg: Any) -> None:
             if not acknowledged(err, msg):  # an error, or "delivered" without an offset
                 self._failed.append(record)
-                if err is not None and err.fatal():
+                if producer_unusable(err):  # fatal, or fenced after a broker restart
                     self._broken = True
 
         return callback
