@@ -17,14 +17,28 @@ class _Error:
     def fatal(self) -> bool:
         return self._fatal
 
+    def name(self) -> str:
+        return "_FATAL" if self._fatal else "UNKNOWN_SERVER_ERROR"
+
+
+class _Message:
+    """A delivered record: only a report WITH an offset counts as durable."""
+
+    def __init__(self, offset: int | None) -> None:
+        self._offset = offset
+
+    def offset(self) -> int | None:
+        return self._offset
+
 
 class _FakeProducer:
     """Accepts records; the first ``fail`` deliveries fail (fatally if ``fatal``)."""
 
-    def __init__(self, log: list[bytes], fail: int, fatal: bool) -> None:
+    def __init__(self, log: list[bytes], fail: int, fatal: bool, no_offset: int = 0) -> None:
         self.log = log
         self.fail = fail
         self.fatal = fatal
+        self.no_offset = no_offset  # deliveries reported without an offset (not in the log)
         self.pending: list[tuple[bytes, Any]] = []
         self.produced = 0
 
@@ -43,9 +57,12 @@ class _FakeProducer:
             if self.fail > 0:
                 self.fail -= 1
                 callback(_Error(self.fatal), None)
+            elif self.no_offset > 0:
+                self.no_offset -= 1
+                callback(None, _Message(None))
             else:
                 self.log.append(value)
-                callback(None, None)
+                callback(None, _Message(len(self.log) - 1))
         return 0
 
     def purge(self) -> None:
@@ -63,6 +80,15 @@ def test_failed_deliveries_are_resent_until_acknowledged() -> None:
     acked: list[bytes] = []
     publisher = _publisher([_FakeProducer(acked, fail=2, fatal=False)])
     records = [(b"k", f"v{i}".encode(), i) for i in range(5)]
+    publisher.send(records)
+    publisher.wait()
+    assert sorted(acked) == sorted(value for _, value, _ in records)
+
+
+def test_a_delivery_without_an_offset_is_resent() -> None:
+    acked: list[bytes] = []
+    publisher = _publisher([_FakeProducer(acked, fail=0, fatal=False, no_offset=2)])
+    records = [(b"k", f"v{i}".encode(), i) for i in range(3)]
     publisher.send(records)
     publisher.wait()
     assert sorted(acked) == sorted(value for _, value, _ in records)
