@@ -134,6 +134,7 @@ def _storage(module: str, cls: str, pg: dict[str, Any]) -> dict[str, Any]:
                 "db_name": pg["postgresqlDatabase"],
                 "port": pg["service"]["port"],
                 "params": pg["postgresqlParams"],
+                "scheme": pg["postgresqlScheme"],
             }
         },
     }
