@@ -155,7 +155,6 @@ def build_instance(values: dict[str, Any]) -> dict[str, Any]:
             "class": daemon["runCoordinator"]["type"],
             "config": {
                 "max_concurrent_runs": queued["maxConcurrentRuns"],
-                "tag_concurrency_limits": queued["tagConcurrencyLimits"],
             },
         },
         "run_launcher": {
@@ -197,6 +196,7 @@ def build_instance(values: dict[str, Any]) -> dict[str, Any]:
             "max_retries": daemon["runRetries"]["maxRetries"],
         },
         "telemetry": {"enabled": values["telemetry"]["enabled"]},
+        "concurrency": {"pools": {"default_limit": values["concurrency"]["pools"]["defaultLimit"]}},
         "retention": {
             "schedule": {"purge_after_days": values["retention"]["schedule"]["purgeAfterDays"]},
             "sensor": {"purge_after_days": dict(sensor_days)},

@@ -1,6 +1,7 @@
 """The cluster instance's storage (deploy/dagster/dagster.yaml: runs, event logs and schedules in
 PostgreSQL through dagster-postgres, a locked dependency) on a real PostgreSQL server: a run
-materialised against that instance leaves its run and its events in the database.
+materialised against that instance leaves its run and its events in the database, and the
+publish asset's pool has one slot.
 
 Only the connection is pointed at the throwaway server (host, port, user, database; trust auth,
 no TLS there); module, class and every other key come from the deployed file unchanged. The
@@ -20,10 +21,11 @@ import pytest
 import yaml
 from dagster import DagsterInstance, asset, materialize
 
+from assets.publish.defs import PUBLISH_POOL
 from tests.deploy.deploy_manifests import DEPLOY
 from tests.fixtures_postgres import fresh_database, postgres_server
 
-STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+SECTIONS = ("run_storage", "event_log_storage", "schedule_storage", "concurrency")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def dagster_db() -> Iterator[str]:
 def local_instance_yaml(db_url: str) -> dict:
     deployed = yaml.safe_load((DEPLOY / "dagster" / "dagster.yaml").read_text())
     url = urlparse(db_url.replace("postgresql+psycopg", "postgresql"))
-    instance = {key: copy.deepcopy(deployed[key]) for key in STORAGES}
-    for section in instance.values():
+    instance = {key: copy.deepcopy(deployed[key]) for key in SECTIONS}
+    for section in (instance[key] for key in SECTIONS if key.endswith("storage")):
         section["config"]["postgres_db"].update(
             hostname=url.hostname, port=url.port, username=url.username,
             db_name=url.path.lstrip("/"), params={},
@@ -60,6 +62,10 @@ def test_runs_and_events_land_in_postgresql(
         result = materialize([probe], instance=instance)
         assert result.success
         run_id = result.run_id
+        # The publish asset's pool gets one slot in the cluster, as in the local instance.
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        info = instance.event_log_storage.get_concurrency_info(PUBLISH_POOL)
+        assert info.limit == 1 and info.using_default_limit
     with psycopg.connect(dagster_db.replace("postgresql+psycopg", "postgresql")) as conn:
         runs = conn.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchall()
         events = conn.execute(
