@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from enforcement import rest_params as p
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -20,9 +22,15 @@ _ERROR = {
 }
 # Identifiers: 1-255 characters, no control characters (rest_params.identifier).
 _ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\u0000-\\u001f]+$"}
-_CURSOR = {"type": "string", "pattern": "^[0-9]{1,18}$"}
-_AMOUNT = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12}
-_TIME = {"type": "string", "format": "date-time"}
+_CURSOR = {"type": "string", "pattern": f"^[0-9]{{1,{p.MAX_CURSOR_DIGITS}}}$"}
+_AMOUNT = {"type": "number", "minimum": p.MIN_AMOUNT, "maximum": p.MAX_AMOUNT}
+# RFC 3339 date-times of the years 1900-2999 (rest_params.time_datetime).
+_TIME = {"type": "string", "format": "date-time", "pattern": p.TIME_PATTERN}
+_AT = {"type": "string", "format": "date-time"}  # times the API answers
+# Optional body fields may also be null (the REST SDK sends null for an explicit None).
+_OPT_ID = {**_ID, "type": ["string", "null"]}
+_OPT_TIME = {**_TIME, "type": ["string", "null"]}
+_FINITE = {"type": "number", "minimum": -p.MAX_NUMBER, "maximum": p.MAX_NUMBER}
 _NUM = {"type": "number"}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _REASONS = [
@@ -66,11 +74,11 @@ FEATURE_ENTITLEMENT = {
         "usageLimit": _NULLABLE_NUM,
         "hasUnlimitedUsage": {"type": "boolean"},
         "resetPeriod": {"enum": ["YEAR", "MONTH", "WEEK", "DAY", "HOUR"]},
-        "usagePeriodAnchor": _TIME,
-        "usagePeriodStart": _TIME,
-        "usagePeriodEnd": _TIME,
-        "validUntil": _TIME,
-        "entitlementUpdatedAt": _TIME,
+        "usagePeriodAnchor": _AT,
+        "usagePeriodStart": _AT,
+        "usagePeriodEnd": _AT,
+        "validUntil": _AT,
+        "entitlementUpdatedAt": _AT,
         "feature": {
             "type": "object",
             "required": ["id", "displayName", "featureStatus", "featureType"],
@@ -90,7 +98,7 @@ RESERVATION = {
         "id": {"type": "string"},
         "amount": _NUM,
         "consumedAmount": _NUM,
-        "expiresAt": _TIME,
+        "expiresAt": _AT,
         "status": {"enum": ["ACTIVE", "RELEASED"]},
     },
 }
@@ -113,9 +121,9 @@ CREDIT_ENTITLEMENT = {
         },
         "currentUsage": _NUM,
         "usageLimit": _NUM,
-        "usageUpdatedAt": _TIME,
+        "usageUpdatedAt": _AT,
         "reserved": _NUM,
-        "usagePeriodEnd": _TIME,
+        "usagePeriodEnd": _AT,
         "reservation": RESERVATION,
     },
 }
@@ -127,7 +135,7 @@ CREDIT_SUMMARY = {
         "currencyId": {"type": "string"},
         "currentUsage": _NUM,
         "usageLimit": _NUM,
-        "timestamp": _TIME,
+        "timestamp": _AT,
     },
 }
 GRANT = {
@@ -155,15 +163,15 @@ GRANT = {
         "consumedAmount": _NUM,
         "cost": {"type": "object", "properties": {"amount": _NUM, "currency": {"type": "string"}}},
         "comment": {"type": "string"},
-        "createdAt": _TIME,
-        "updatedAt": _TIME,
+        "createdAt": _AT,
+        "updatedAt": _AT,
         "currencyId": {"type": "string"},
         "customerId": {"type": "string"},
         "resourceId": {"type": "string"},
         "displayName": {"type": "string"},
-        "effectiveAt": _TIME,
+        "effectiveAt": _AT,
         "expireAt": {"type": ["string", "null"], "format": "date-time"},
-        "voidedAt": _TIME,
+        "voidedAt": _AT,
         "grantType": {"enum": ["PAID", "PROMOTIONAL", "RECURRING", "OVERDRAFT"]},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "paymentCollection": {"enum": ["NOT_REQUIRED", "PROCESSING", "FAILED", "ACTION_REQUIRED"]},
@@ -195,7 +203,7 @@ LEDGER_EVENT = {
         "holdReturnedAmount": _NUM,
         "breakdown": {"type": "array", "items": {"type": "object"}},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        "timestamp": _TIME,
+        "timestamp": _AT,
     },
 }
 PAGINATION = {
@@ -205,7 +213,10 @@ PAGINATION = {
         "prev": {"type": ["string", "null"]},
     },
 }
-DIMENSIONS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+DIMENSIONS = {
+    "type": ["object", "null"],
+    "additionalProperties": {"anyOf": [{"type": ["string", "boolean"]}, _FINITE]},
+}
 CONSUMPTION = {
     "type": "object",
     "required": ["amount", "currencyId", "customerId", "idempotencyKey"],
@@ -215,10 +226,85 @@ CONSUMPTION = {
         "currencyId": _ID,
         "customerId": _ID,
         "idempotencyKey": _ID,
-        "createdAt": _TIME,
+        "createdAt": _OPT_TIME,
         "dimensions": DIMENSIONS,
-        "resourceId": _ID,
+        "resourceId": _OPT_ID,
     },
+}
+
+
+_RESERVATION_ONLY = (
+    "reserveAmount",
+    "reservationId",
+    "reservationTtlSeconds",
+    "reservationExpiresAt",
+    "reservationMetadata",
+)
+
+
+def _none_of(*names: str) -> dict[str, Any]:
+    return {"not": {"anyOf": [{"required": [name]} for name in names]}}
+
+
+CHECK_QUERY = {
+    "type": "object",
+    "properties": {
+        "featureId": {**_ID, "description": "Feature to check (or currencyId, not both)"},
+        "currencyId": {**_ID, "description": "Credit currency to check (or featureId)"},
+        "resourceId": {**_ID, "description": "Resource scope"},
+        "requestedUsage": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": p.MAX_NUMBER,
+            "description": "Usage to evaluate (metered/numeric; default 1 for metered)",
+        },
+        "requestedValues": {
+            "type": "string",
+            "pattern": p.VALUES_PATTERN,
+            "description": "Comma-separated enum values",
+        },
+        "reserveAmount": {
+            **_AMOUNT,
+            "description": "Credits to reserve atomically (currencyId only; needs reservationId)",
+        },
+        "reservationId": {**_ID, "description": "Client reservation id (retried: same result)"},
+        "reservationTtlSeconds": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 86400,
+            "description": "Hold time (default 3600); not with reservationExpiresAt",
+        },
+        "reservationExpiresAt": {
+            **_TIME,
+            "description": "Hold until this time: in the future and at most 24 h ahead (a 400 "
+            "otherwise: a rule relative to the clock, which no schema can state)",
+        },
+        "reservationMetadata": {
+            "type": "string",
+            "pattern": p.STRING_MAP_PATTERN,
+            "description": "A JSON object of string values attached to the reservation",
+        },
+    },
+    "oneOf": [
+        {
+            "title": "feature check",
+            "required": ["featureId"],
+            **_none_of("currencyId", *_RESERVATION_ONLY),
+        },
+        {
+            "title": "credit check",
+            "required": ["currencyId"],
+            **_none_of("featureId", *_RESERVATION_ONLY),
+        },
+        {
+            "title": "credit check reserving reserveAmount",
+            "required": ["currencyId", "reserveAmount", "reservationId"],
+            "allOf": [
+                _none_of("featureId"),
+                {"not": {"required": ["reservationTtlSeconds", "reservationExpiresAt"]}},
+            ],
+        },
+    ],
 }
 
 
@@ -265,8 +351,8 @@ _ENV_HEADER = {
     "description": "Optional; must equal the environment of the API key",
 }
 _PAGING = [
-    _query("after", _CURSOR, "Cursor: items after this one (older); not with before"),
-    _query("before", _CURSOR, "Cursor: items before this one (newer); not with after"),
+    _query("after", _CURSOR, "Cursor: items after this one (older); with before: between"),
+    _query("before", _CURSOR, "Cursor: items before this one (newer); with after: between"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (20)"),
 ]
 
@@ -278,28 +364,19 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_paths() -> dict[str, Any]:
     check_params = [
         _path("id", "Customer id"),
-        _query("featureId", _ID, "Feature to check (or currencyId, not both)"),
-        _query("currencyId", _ID, "Credit currency to check (or featureId, not both)"),
-        _query("resourceId", _ID, "Resource scope"),
-        _query(
-            "requestedUsage",
-            {"type": "number", "minimum": 0},
-            "Usage to evaluate (metered/numeric; default 1 for metered)",
-        ),
-        _query("requestedValues", {"type": "string"}, "Comma-separated enum values"),
-        _query(
-            "reserveAmount",
-            {"type": "number", "exclusiveMinimum": 0},
-            "Credits to reserve atomically (currencyId only; needs reservationId)",
-        ),
-        _query("reservationId", _ID, "Client reservation id (same id retried: same result)"),
-        _query(
-            "reservationTtlSeconds",
-            {"type": "integer", "minimum": 1, "maximum": 86400},
-            "Hold time (default 3600)",
-        ),
-        _query("reservationExpiresAt", _TIME, "Hold until (at most 24 h ahead)"),
-        _query("reservationMetadata", {"type": "string"}, "JSON object of strings"),
+        {
+            # The check's query parameters as ONE exploded object (style form, explode: the
+            # wire form is the usual `featureId=...&requestedUsage=...`), so that the rules
+            # between them (exactly one of featureId/currencyId, reservation* only when
+            # reserving, ...) are part of the document: CHECK_QUERY.
+            "name": "check",
+            "in": "query",
+            "required": True,
+            "style": "form",
+            "explode": True,
+            "schema": CHECK_QUERY,
+            "description": "The check's query parameters (see the schema for how they combine)",
+        },
         _ENV_HEADER,
     ]
     return {
@@ -358,31 +435,42 @@ def openapi_paths() -> dict[str, Any]:
                         ],
                         "additionalProperties": False,
                         "properties": {
-                            "amount": {"type": "number", "exclusiveMinimum": 0},
+                            "amount": _AMOUNT,
                             "currencyId": _ID,
                             "customerId": _ID,
                             "displayName": {"type": "string"},
                             "grantType": {"enum": ["PAID", "PROMOTIONAL"]},
-                            "priority": {"type": "integer", "minimum": 0, "maximum": 100},
-                            "effectiveAt": _TIME,
-                            "expireAt": _TIME,
+                            "priority": {
+                                "type": ["integer", "null"],
+                                "minimum": 0,
+                                "maximum": 100,
+                                "description": "Lower draws first (default 50)",
+                            },
+                            "effectiveAt": _OPT_TIME,
+                            "expireAt": {
+                                **_OPT_TIME,
+                                "description": "After effectiveAt (or now): a 400 otherwise, "
+                                "a rule between two values that no schema can state",
+                            },
                             "cost": {
-                                "type": "object",
+                                "type": ["object", "null"],
                                 "required": ["amount", "currency"],
                                 "properties": {
-                                    "amount": {"type": "number", "minimum": 0},
+                                    "amount": {**_FINITE, "minimum": 0},
                                     "currency": {"type": "string"},
                                 },
                             },
-                            "paymentCollectionMethod": {"enum": ["CHARGE", "INVOICE", "NONE"]},
-                            "awaitPaymentConfirmation": {"type": "boolean"},
-                            "resourceId": _ID,
+                            "paymentCollectionMethod": {
+                                "enum": ["CHARGE", "INVOICE", "NONE", None]
+                            },
+                            "awaitPaymentConfirmation": {"type": ["boolean", "null"]},
+                            "resourceId": _OPT_ID,
                             "metadata": {
-                                "type": "object",
+                                "type": ["object", "null"],
                                 "additionalProperties": {"type": "string"},
                             },
-                            "comment": {"type": "string"},
-                            "billingInformation": {"type": "object"},
+                            "comment": {"type": ["string", "null"]},
+                            "billingInformation": {"type": ["object", "null"]},
                         },
                     }
                 ),
@@ -447,7 +535,7 @@ def openapi_paths() -> dict[str, Any]:
                                     "currencyId": {"type": "string"},
                                     "customerId": {"type": "string"},
                                     "resourceId": {"type": "string"},
-                                    "timestamp": _TIME,
+                                    "timestamp": _AT,
                                     "credit": CREDIT_SUMMARY,
                                 },
                             }
@@ -455,7 +543,7 @@ def openapi_paths() -> dict[str, Any]:
                         "The consumption and the balance after it",
                     ),
                     **_errors(
-                        ("404", "Unknown customer or resource"),
+                        ("404", "Unknown customer, resource or currency"),
                         ("409", "idempotencyKey reused with other values"),
                         ("413", "Body too large"),
                     ),
@@ -496,7 +584,9 @@ def openapi_paths() -> dict[str, Any]:
                         ),
                         "Counts of consumed, duplicate and refused items",
                     ),
-                    **_errors(("404", "Unknown customer or resource"), ("413", "Body too large")),
+                    **_errors(
+                        ("404", "Unknown customer, resource or currency"), ("413", "Body too large")
+                    ),
                 },
             }
         },
@@ -511,10 +601,14 @@ def openapi_paths() -> dict[str, Any]:
                         "required": ["consumedAmount", "currencyId", "customerId"],
                         "additionalProperties": False,
                         "properties": {
-                            "consumedAmount": {"type": "number", "minimum": 0, "maximum": 1e12},
+                            "consumedAmount": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": p.MAX_AMOUNT,
+                            },
                             "currencyId": _ID,
                             "customerId": _ID,
-                            "resourceId": _ID,
+                            "resourceId": _OPT_ID,
                         },
                     }
                 ),

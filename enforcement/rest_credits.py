@@ -27,6 +27,7 @@ from byoc_platform.api_errors import ApiError
 from enforcement import rest_params as p
 from enforcement.engine import WalletBalance
 from enforcement.ledger import InsufficientCredits, LedgerError
+from enforcement.ledger.reads import EVENT_TYPES
 from enforcement.periods import iso
 from enforcement.rest_entitlements import credit_body, json
 from enforcement.workers import Workers
@@ -98,15 +99,14 @@ def _consumption_args(item: object, where: str) -> dict[str, Any]:
         raise p.bad(f"{where or 'body'} must be an object")
     _fields(item, CONSUMPTION_FIELDS, where)
     args: dict[str, Any] = {
-        "amount": p.number(item.get("amount"), f"{where}amount", positive=True),
+        "amount": p.amount(item.get("amount"), f"{where}amount"),
         "currency_id": p.identifier(item.get("currencyId"), f"{where}currencyId"),
         "customer_id": p.identifier(item.get("customerId"), f"{where}customerId"),
         "idempotency_key": p.identifier(item.get("idempotencyKey"), f"{where}idempotencyKey"),
         "resource_id": p.identifier(item.get("resourceId"), f"{where}resourceId", required=False),
     }
     if item.get("createdAt") is not None:
-        p.time_value(item["createdAt"], f"{where}createdAt")
-        args["created_at"] = item["createdAt"]
+        args["created_at"] = p.time_datetime(item["createdAt"], f"{where}createdAt")
     dims = item.get("dimensions")
     if dims is not None:
         if not isinstance(dims, dict):
@@ -114,7 +114,7 @@ def _consumption_args(item: object, where: str) -> dict[str, Any]:
         for key, value in dims.items():
             if isinstance(value, bool | str):
                 continue
-            p.number(value, f"{where}dimensions.{key}")
+            p.number(value, f"{where}dimensions.{key}", minimum=-p.MAX_NUMBER)
         args["dimensions"] = dims
     return args
 
@@ -148,6 +148,13 @@ class CreditRoutes:
                 retryable=False,
             )
 
+    def _known_wallet(self, env: str, args: dict[str, Any]) -> None:
+        """A consumption names a known customer, resource and currency (else a 404 naming it;
+        an unknown currency used to read as an empty wallet: InsufficientCredits)."""
+        self._known_customer(env, args["customer_id"], args["resource_id"])
+        if args["currency_id"] not in self.c.state.env(env).currencies:
+            raise ApiError(404, f"currency {args['currency_id']!r} not found", retryable=False)
+
     def _refresh(
         self, env: str, customer: str, currency: str, resource: str | None
     ) -> WalletBalance:
@@ -164,6 +171,12 @@ class CreditRoutes:
             body["comment"] = extras["comment"]
         return {k: v for k, v in body.items() if v is not None or k == "expireAt"}
 
+    async def grants(self, request: Request) -> Response:
+        """``/api/v1/credits/grants``: GET lists, POST creates (one route: see routes())."""
+        if request.method == "POST":
+            return await self.create_grant(request)
+        return await self.list_grants(request)
+
     async def create_grant(self, request: Request) -> Response:
         env = p.environment_of(request)
         body = await p.json_object(request)
@@ -177,13 +190,15 @@ class CreditRoutes:
         grant_type = body.get("grantType")
         if grant_type not in ("PAID", "PROMOTIONAL"):
             raise p.bad("grantType must be PAID or PROMOTIONAL")
-        amount = p.number(body.get("amount"), "amount", positive=True)
-        priority = body.get("priority", 50)
+        amount = p.amount(body.get("amount"), "amount")
+        priority = body.get("priority")
+        if priority is None:  # absent or null: the default
+            priority = 50
         if isinstance(priority, float) and priority.is_integer():
             priority = int(priority)  # JSON 5.0 is the integer 5
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise p.bad("priority must be an integer from 0 to 100")
-        method = body.get("paymentCollectionMethod", "NONE")
+        method = body.get("paymentCollectionMethod") or "NONE"
         if method not in ("CHARGE", "INVOICE", "NONE"):
             raise p.bad("paymentCollectionMethod must be CHARGE, INVOICE or NONE")
         fields: dict[str, Any] = {
@@ -199,8 +214,15 @@ class CreditRoutes:
         }
         for name, key in (("effectiveAt", "effective_at"), ("expireAt", "expire_at")):
             if body.get(name) is not None:
-                p.time_value(body[name], name)
-                fields[key] = body[name]
+                fields[key] = p.time_datetime(body[name], name)
+        if body.get("awaitPaymentConfirmation") is not None and not isinstance(
+            body["awaitPaymentConfirmation"], bool
+        ):
+            raise p.bad("awaitPaymentConfirmation must be a boolean")
+        if body.get("billingInformation") is not None and not isinstance(
+            body["billingInformation"], dict
+        ):
+            raise p.bad("billingInformation must be an object")
         extras: dict[str, Any] = {}
         cost = body.get("cost")
         if cost is not None:
@@ -287,7 +309,7 @@ class CreditRoutes:
     async def consume(self, request: Request) -> Response:
         env = p.environment_of(request)
         args = _consumption_args(await p.json_object(request), "")
-        self._known_customer(env, args["customer_id"], args["resource_id"])
+        self._known_wallet(env, args)
         consumption, wallet = await self._run(self._consume, env, args)
         data = consumption.to_api()
         data["credit"] = credit_summary(wallet, args["currency_id"])
@@ -302,7 +324,7 @@ class CreditRoutes:
             raise p.bad(f"consumptions must be a list of 1 to {MAX_ASYNC} consumptions")
         all_args = [_consumption_args(item, f"consumptions[{i}].") for i, item in enumerate(items)]
         for args in all_args:
-            self._known_customer(env, args["customer_id"], args["resource_id"])
+            self._known_wallet(env, args)
 
         def one(args: dict[str, Any]) -> tuple[str, Any]:
             try:
@@ -362,7 +384,9 @@ class CreditRoutes:
         reservation_id = p.identifier(request.path_params["reservation_id"], "reservationId")
         body = await p.json_object(request)
         _fields(body, RELEASE_FIELDS)
-        consumed = p.number(body.get("consumedAmount"), "consumedAmount", minimum=0)
+        consumed = p.number(
+            body.get("consumedAmount"), "consumedAmount", minimum=0, maximum=p.MAX_AMOUNT
+        )
         customer_id = p.identifier(body.get("customerId"), "customerId")
         currency_id = p.identifier(body.get("currencyId"), "currencyId")
         resource_id = p.identifier(body.get("resourceId"), "resourceId", required=False)
@@ -442,7 +466,7 @@ class CreditRoutes:
         env = p.environment_of(request)
         q = request.query_params
         customer_id = p.query_str(q, "customerId", required=True)
-        types = p.query_list(q, "eventType") or None
+        types = p.query_choices(q, "eventType", EVENT_TYPES) or None
         page = await self._run(
             self.ledger.ledger_events,
             env,

@@ -112,18 +112,26 @@ class EntitlementRoutes:
         customer_id = p.identifier(request.path_params["customer_id"], "customerId")
         assert customer_id is not None
         q = request.query_params
+        # Each parameter on its own first, then how they combine (the document's CHECK_QUERY
+        # states the same rules as a oneOf), so a message names the first wrong parameter.
         feature_id = p.query_str(q, "featureId")
         currency_id = p.query_str(q, "currencyId")
-        if bool(feature_id) == bool(currency_id):
-            raise p.bad("exactly one of featureId and currencyId is required")
         resource_id = p.query_str(q, "resourceId")
-        requested = p.query_number(q, "requestedUsage", minimum=0)
-        values = p.query_list(q, "requestedValues")
-        reserve = p.query_number(q, "reserveAmount", positive=True)
+        requested = p.query_number(q, "requestedUsage", minimum=0, maximum=p.MAX_NUMBER)
+        values = p.query_values(q, "requestedValues")
+        reserve = p.query_number(q, "reserveAmount", minimum=p.MIN_AMOUNT, maximum=p.MAX_AMOUNT)
         reservation_id = p.query_str(q, "reservationId")
         ttl = p.query_int(q, "reservationTtlSeconds", 1, MAX_TTL_S)
         expires_raw = q.get("reservationExpiresAt")
+        expires_at = None
+        if expires_raw is not None:
+            expires_at = p.time_value(expires_raw, "reservationExpiresAt")
         metadata_raw = q.get("reservationMetadata")
+        metadata = None
+        if metadata_raw is not None:
+            metadata = p.json_string_map(metadata_raw, "reservationMetadata")
+        if bool(feature_id) == bool(currency_id):
+            raise p.bad("exactly one of featureId and currencyId is required")
         reservation_params = (reservation_id, ttl, expires_raw, metadata_raw)
         if feature_id:
             if reserve is not None or any(x is not None for x in reservation_params):
@@ -147,21 +155,14 @@ class EntitlementRoutes:
             return json({"data": credit_body(decision, currency_id)})
         if reservation_id is None:
             raise p.bad("reservationId is required with reserveAmount")
-        if ttl is not None and expires_raw is not None:
+        if ttl is not None and expires_at is not None:
             raise p.bad("reservationTtlSeconds and reservationExpiresAt are mutually exclusive")
-        expires_at = None
-        if expires_raw is not None:
-            expires_at = p.time_value(expires_raw, "reservationExpiresAt")
+        if expires_at is not None:
+            # Relative to the clock: the one rule of this route the document cannot state.
             if expires_at > time.time() + MAX_TTL_S:
                 raise p.bad("reservationExpiresAt must be at most 24 hours ahead")
             if expires_at <= time.time():
                 raise p.bad("reservationExpiresAt must be in the future")
-        metadata = None
-        if metadata_raw is not None:
-            try:
-                metadata = p.string_map(msgspec.json.decode(metadata_raw), "reservationMetadata")
-            except msgspec.DecodeError:
-                raise p.bad("reservationMetadata must be a JSON object of strings") from None
         body = await self.c.credit_routes.check_and_reserve(
             env,
             customer_id,

@@ -116,11 +116,29 @@ def get_grant(conn: Connection, environment: str, grant_id: str, now_us: int) ->
     return None if row is None else grant_view(grant_from_row(row), now_us)
 
 
+MAX_CURSOR = 2**63 - 1  # seq is a signed 64-bit integer in both databases
+
+
 def parse_cursor(cursor: str | None, name: str) -> int | None:
+    """A cursor as the listings return them: ASCII decimal digits of a 64-bit ``seq``.
+
+    Anything else (other digits, e.g. ``"²"``; a value beyond 64 bits, which the database
+    driver would refuse with OverflowError) is InvalidInput naming the parameter.
+    """
     if cursor is None:
         return None
-    if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 19:
-        raise InvalidInput(f"{name} must be a cursor returned by a previous page, got {cursor!r}")
+    if (
+        not isinstance(cursor, str)
+        or not cursor.isascii()
+        or not cursor.isdigit()
+        or len(cursor) > 19
+        or int(cursor) > MAX_CURSOR
+    ):
+        raise InvalidInput(
+            f"{name} must be a cursor returned by a previous page, got {cursor[:40]!r}"
+            if isinstance(cursor, str)
+            else f"{name} must be a cursor returned by a previous page"
+        )
     return int(cursor)
 
 
@@ -138,12 +156,14 @@ def paginate(
     limit: int,
     view: Callable[[Any], T],
 ) -> Page[T]:
-    """Newest-first keyset pagination over an ever-increasing ``seq``."""
+    """Newest-first keyset pagination over an ever-increasing ``seq``.
+
+    ``after``: items older than that cursor; ``before``: items newer than it; both: the items
+    between the two (newest first, as an ``after`` page limited below by ``before``).
+    """
     check_limit(limit)
     after_seq, before_seq = parse_cursor(after, "after"), parse_cursor(before, "before")
-    if after_seq is not None and before_seq is not None:
-        raise InvalidInput("pass either after or before, not both")
-    if before_seq is not None:
+    if before_seq is not None and after_seq is None:
         rows: Sequence[Any] = conn.execute(
             query.where(seq > before_seq).order_by(seq.asc()).limit(limit + 1)
         ).all()
@@ -153,8 +173,11 @@ def paginate(
     else:
         if after_seq is not None:
             query = query.where(seq < after_seq)
+        if before_seq is not None:
+            query = query.where(seq > before_seq)
         rows = conn.execute(query.order_by(seq.desc()).limit(limit + 1)).all()
-        older = len(rows) > limit
+        # With `before`, that item itself is older than this page.
+        older = len(rows) > limit or (before_seq is not None and bool(rows))
         rows = rows[:limit]
         newer = after_seq is not None and bool(rows)
     return Page(

@@ -56,6 +56,27 @@ def test_prev_pages_back_to_newer_events(ledger: Ledger) -> None:
     assert back.prev is None and back.next == first.next
 
 
+def test_after_and_before_together_list_the_events_between_them(ledger: Ledger) -> None:
+    populate(ledger)
+    ids = [e.event_id for e in ledger.ledger_events(ENV, CUSTOMER, limit=100).data]
+    cursors = [e.cursor for e in ledger.ledger_events(ENV, CUSTOMER, limit=100).data]
+    between = ledger.ledger_events(ENV, CUSTOMER, after=cursors[1], before=cursors[6], limit=100)
+    assert [e.event_id for e in between.data] == ids[2:6]
+    # Paged with the same lower bound: the same events, newest first.
+    first = ledger.ledger_events(ENV, CUSTOMER, after=cursors[1], before=cursors[6], limit=3)
+    rest = ledger.ledger_events(ENV, CUSTOMER, after=first.next, before=cursors[6], limit=3)
+    assert [e.event_id for e in first.data + rest.data] == ids[2:6]
+    assert first.prev == cursors[2]  # newer events exist (the `after` one)
+    empty = ledger.ledger_events(ENV, CUSTOMER, after=cursors[3], before=cursors[2], limit=10)
+    assert empty.data == [] and empty.next is None and empty.prev is None
+
+
+def test_the_largest_64_bit_cursor_is_a_valid_empty_page(ledger: Ledger) -> None:
+    populate(ledger)
+    page = ledger.ledger_events(ENV, CUSTOMER, before="9223372036854775807")
+    assert page.data == [] and page.next is None
+
+
 def test_filters(ledger: Ledger) -> None:
     populate(ledger)
     tokens = ledger.ledger_events(ENV, CUSTOMER, "tokens").data
@@ -85,7 +106,9 @@ def test_api_shape_matches_the_contract(ledger: Ledger) -> None:
     [
         {"after": "abc"},
         {"before": "-1"},
-        {"after": "1", "before": "2"},
+        {"after": "9223372036854775808"},  # 2**63: beyond the 64-bit seq (was OverflowError)
+        {"before": "99999999999999999999"},  # 20 digits
+        {"after": "\u00b2"},  # a digit to str.isdigit, not to int()
         {"limit": 0},
         {"limit": 1001},
         {"event_types": ["CREDITS_STOLEN"]},
