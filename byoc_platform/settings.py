@@ -62,6 +62,9 @@ class ClickHouseSettings(BaseModel):
     database: str = "byoc"
     username: str = "default"
     password: str = ""
+    # A cluster name of the server's remote_servers (deploy/: "byoc"): the hot tables are then
+    # Replicated*MergeTree created ON CLUSTER it (byoc_platform.warehouse_cluster). None: one node.
+    cluster: str | None = None
 
 
 class S3Settings(BaseModel):
@@ -99,6 +102,17 @@ class StreamSettings(BaseModel):
     consumer_group: str = "byoc-stream"
     max_batch: int = 20_000
     flush_interval_ms: int = 200
+    # Who computes the rows: the embedded engine (`byoc stream`, writes to ClickHouse itself) or
+    # the Flink job (writes to Kafka topics that ClickHouse ingests: warehouse_cluster.py).
+    engine: Literal["embedded", "flink"] = "embedded"
+
+
+class FlinkSettings(BaseModel):
+    """Read by the Flink job from its environment (streaming/flink/usage_job.py) and by the
+    warehouse migrations, which must consume the topics the job writes."""
+
+    group_id: str = "byoc-flink-usage"
+    sink_topic_prefix: str = "byoc.rows."  # + usage_events / usage_minute / late_hours
 
 
 class LedgerSettings(BaseModel):
@@ -175,6 +189,7 @@ class Settings(BaseSettings):
     kms: KmsSettings = KmsSettings()
     api: ApiSettings = ApiSettings()
     stream: StreamSettings = StreamSettings()
+    flink: FlinkSettings = FlinkSettings()
     ledger: LedgerSettings = LedgerSettings()
     control_plane: ControlPlaneSettings = ControlPlaneSettings()
     retention: RetentionSettings = RetentionSettings()

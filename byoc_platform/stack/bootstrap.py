@@ -98,11 +98,13 @@ def ensure_topics(s: Settings, timeout_s: float = 30.0) -> None:
 
 def ensure_warehouse_schema(s: Settings) -> None:
     from byoc_platform.clients import clickhouse
-    from byoc_platform.warehouse_schema import apply_migrations
+    from byoc_platform.warehouse_cluster import apply_settings_migrations
 
     client = clickhouse(s)
     try:
-        count = apply_migrations(client, s.clickhouse.database)
+        # Local: warehouse_schema's tables. In a cluster (clickhouse.cluster set), replicated
+        # ON CLUSTER, so `byoc stream` never creates a table on one replica only.
+        count = apply_settings_migrations(client, s)
     finally:
         client.close()
     log.info("warehouse schema ready (%d statements)", count)

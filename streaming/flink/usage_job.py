@@ -38,7 +38,10 @@ In a cluster the rows go to three Kafka topics (JSON, exactly-once) that ClickHo
 with Kafka-engine tables + materialized views into the warehouse_schema tables: the upstream
 JDBC connector has no ClickHouse dialect and ClickHouse's own Flink connector is
 DataStream-only, so Kafka is the one sink both sides support without custom Java.
-Times are epoch milliseconds in every sink (fromUnixTimestamp64Milli on the ClickHouse side).
+Both sinks write the same JSON ('format' = 'json', same options): one row per line / per
+message. Times are epoch milliseconds in every sink (fromUnixTimestamp64Milli on the
+ClickHouse side). The ClickHouse side is byoc_platform/warehouse_cluster.py, created by
+`byoc warehouse migrate` when stream.engine = flink; it reads committed transactions only.
 """
 
 from __future__ import annotations

@@ -138,7 +138,11 @@ def test_settings_point_at_the_rendered_services(overlay: str) -> None:
     chi = of_kind(objs, "ClickHouseInstallation")[0]["metadata"]["name"]
     assert config["BYOC_CLICKHOUSE__URL"] == f"http://clickhouse-{chi}.byoc.svc:8123"
     topics = {t["spec"]["topicName"]: t for t in of_kind(objs, "KafkaTopic")}
-    assert set(topics) == {config["BYOC_KAFKA__EVENTS_TOPIC"], config["BYOC_KAFKA__DEDUPED_TOPIC"]}
+    expected = {config["BYOC_KAFKA__EVENTS_TOPIC"], config["BYOC_KAFKA__DEDUPED_TOPIC"]}
+    if overlay == "production":  # the Flink job's output rows, read by ClickHouse
+        prefix = config["BYOC_FLINK__SINK_TOPIC_PREFIX"]
+        expected |= {prefix + t for t in ("usage_events", "usage_minute", "late_hours")}
+    assert set(topics) == expected
     for t in topics.values():
         assert t["spec"]["partitions"] == int(config["BYOC_KAFKA__PARTITIONS"])
         assert t["metadata"]["labels"]["strimzi.io/cluster"] == kafka

@@ -72,7 +72,7 @@ def _external_cidrs(policies: list[dict], src: Labels, port: int) -> set[str]:
 def _pods(overlay: str) -> dict[str, Labels]:
     objs = render(overlay)
     pods = dict(OPERATOR_PODS)
-    for d in of_kind(objs, "Deployment"):
+    for d in of_kind(objs, "Deployment") + of_kind(objs, "Job"):
         pods[d["metadata"]["name"]] = d["spec"]["template"]["metadata"]["labels"]
     for f in of_kind(objs, "FlinkDeployment"):
         pods["flink"] = f["spec"]["podTemplate"]["metadata"]["labels"]
@@ -101,11 +101,18 @@ def test_data_flow_edges_are_allowed_and_nothing_else(overlay: str) -> None:
         (api, pods["dagster-pg"], 5432),
         (pods["dagster-run"], pods["ledger"], 5432),
         (pods["kafka"], pods["clickhouse"], 8123),
-        (pods["clickhouse"], pods["kafka"], 9092),
     ]
     stream = "flink" if overlay == "production" else "byoc-stream-processor"
     allowed += [(pods[stream], pods["kafka"], 9092), (pods[stream], pods["clickhouse"], 8123)]
     denied += [(pods[stream], pods["ledger"], 5432)]
+    # The schema migration Job talks to ClickHouse only.
+    migrate = pods["byoc-warehouse-migrate"]
+    allowed += [(migrate, pods["clickhouse"], 8123)]
+    denied += [(migrate, pods["kafka"], 9092), (migrate, pods["ledger"], 5432)]
+    # With Flink, ClickHouse's Kafka-engine tables read the job's row topics; without it,
+    # ClickHouse never talks to Kafka.
+    clickhouse_reads_kafka = (pods["clickhouse"], pods["kafka"], 9092)
+    (allowed if overlay == "production" else denied).append(clickhouse_reads_kafka)
     for src, dst, port in allowed:
         assert _allowed(policies, src, dst, port), (src, dst, port)
     for src, dst, port in denied:

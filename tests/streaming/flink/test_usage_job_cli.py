@@ -69,3 +69,45 @@ def test_sink_columns_are_the_warehouse_columns(job) -> None:
     assert names(job.EVENT_COLUMNS) == EVENT_COLUMNS
     assert names(job.MINUTE_COLUMNS) == MINUTE_COLUMNS
     assert names(job.LATE_HOUR_COLUMNS) == LATE_HOUR_COLUMNS
+
+
+def _options(ddl: str) -> dict[str, str]:
+    return dict(re.findall(r"'([\w.-]+)' = '([^']*)'", ddl))
+
+
+def test_kafka_sink_writes_the_json_of_the_file_sink(job, tmp_path) -> None:
+    """ClickHouse's ingestion is tested end to end on the file sink's output
+    (test_clickhouse_ingest.py): the Kafka sink must encode rows the same way."""
+    args = job.parse_args(["--source", "kafka"])
+    for table, columns in job.SINKS.items():
+        kafka, files = (
+            job.kafka_sink_ddl(table, columns, args),
+            job.file_sink_ddl(table, columns, tmp_path),
+        )
+
+        def encoding(options: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in options.items() if k == "format" or "json" in k}
+
+        assert encoding(_options(kafka)) == encoding(_options(files)) == {"format": "json"}
+        assert kafka.split(") WITH (")[0] == files.split(") WITH (")[0]  # same columns
+
+
+def test_sink_topics_are_the_topics_clickhouse_reads(job, monkeypatch) -> None:
+    """Defaults agree with byoc_platform.settings.FlinkSettings, and the topics the job writes
+    are the ones the warehouse migrations' Kafka queues consume, also when the prefix is set."""
+    from byoc_platform.settings import FlinkSettings
+    from byoc_platform.warehouse_cluster import KafkaIngest
+
+    for name in [n for n in __import__("os").environ if n.startswith("BYOC_")]:
+        monkeypatch.delenv(name)
+    args = job.parse_args(["--source", "kafka"])
+    assert (args.group_id, args.sink_topic_prefix) == (
+        FlinkSettings().group_id,
+        FlinkSettings().sink_topic_prefix,
+    )
+    monkeypatch.setenv("BYOC_FLINK__SINK_TOPIC_PREFIX", "rows.v2.")
+    args = job.parse_args(["--source", "kafka"])
+    ingest = KafkaIngest(bootstrap=args.bootstrap, topic_prefix="rows.v2.")
+    for table, columns in job.SINKS.items():
+        topic = _options(job.kafka_sink_ddl(table, columns, args))["topic"]
+        assert topic == ingest.topic(table)
