@@ -70,7 +70,7 @@ class WarehouseResource(PlatformResource):
         client = clickhouse(self.settings)
         try:
             if ensure:
-                ensure_tables(client, self.database)
+                ensure_tables(client, self.database, self.settings.clickhouse.cluster)
             yield client
         finally:
             client.close()

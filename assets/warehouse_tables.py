@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from byoc_platform.warehouse_cluster import to_replicated
+
 
 class _Commander(Protocol):
     def command(self, cmd: str) -> object: ...
@@ -104,7 +106,9 @@ def statements(db: str) -> list[str]:
     ]
 
 
-def ensure_tables(client: _Commander, db: str) -> None:
-    """Create the tables if missing; safe to repeat."""
+def ensure_tables(client: _Commander, db: str, cluster: str | None = None) -> None:
+    """Create the tables if missing; safe to repeat. With ``cluster`` (settings'
+    ``clickhouse.cluster``) they are Replicated*MergeTree created ON CLUSTER, like the stream's
+    tables, so every replica holds the rollups, the publish ledger and the manifests."""
     for statement in statements(db):
-        client.command(statement)
+        client.command(to_replicated(statement, cluster) if cluster else statement)
