@@ -27,6 +27,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from byoc_platform.api_errors import UNAUTHENTICATED, ApiError, error_response
 from byoc_platform.auth import KeyStore
 from byoc_platform.plugins import RuntimeComponent, RuntimeContext, runtime_factories
+from byoc_platform.request_timeouts import (
+    BodyReads,
+    BodyTimeoutMiddleware,
+    DrainingServer,
+    header_timeout_protocol,
+)
 from byoc_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,10 +122,40 @@ def _base_openapi() -> dict[str, Any]:
     }
 
 
+_ERROR_BODY = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+# What the core itself may answer to any request with a body (request_timeouts.py).
+_BODY_READ_ANSWERS = {
+    "408": {
+        "description": "The request body was not received within api.body_timeout_s",
+        "content": {"application/json": {"schema": _ERROR_BODY}},
+    },
+    "503": {
+        "description": "The server is shutting down and the request body was not complete; retry",
+        "content": {"application/json": {"schema": _ERROR_BODY}},
+    },
+}
+
+
 def openapi_document(components: Iterable[RuntimeComponent]) -> dict[str, Any]:
     paths = _base_openapi()
     for component in components:
         paths.update(component.openapi_paths())
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                responses = operation.setdefault("responses", {})
+                for status, answer in _BODY_READ_ANSWERS.items():
+                    responses.setdefault(status, answer)
     return {
         "openapi": "3.1.0",
         "info": {"title": "byoc-platform runtime API", "version": "1"},
@@ -142,8 +178,14 @@ def load_components(context: RuntimeContext, role: str = "all") -> list[RuntimeC
     return [factories[name](context) for name in sorted(wanted)]
 
 
-def build_app(context: RuntimeContext, components: list[RuntimeComponent]) -> Starlette:
-    """The runtime ASGI app for these components."""
+def build_app(
+    context: RuntimeContext,
+    components: list[RuntimeComponent],
+    body_reads: BodyReads | None = None,
+) -> Starlette:
+    """The runtime ASGI app for these components.
+
+    ``body_reads`` is shared with the server, which drains it when it starts shutting down."""
     document = openapi_document(components)
 
     async def healthz(request: Request) -> Response:
@@ -210,7 +252,13 @@ def build_app(context: RuntimeContext, components: list[RuntimeComponent]) -> St
         lifespan=lifespan,
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, 500: on_error},
     )
+    # Last added runs first: metrics see every answer, the body timeout's 408 included.
     app.add_middleware(AuthMiddleware, keys=context.keys)
+    app.add_middleware(
+        BodyTimeoutMiddleware,
+        timeout_s=context.settings.api.body_timeout_s,
+        reads=body_reads or BodyReads(),
+    )
     app.add_middleware(MetricsMiddleware, registry=context.registry)
     return app
 
@@ -228,7 +276,8 @@ def serve(settings: Settings, role: str = "all") -> None:
 
     context = create_context(settings)
     components = load_components(context, role)
-    app = build_app(context, components)
+    body_reads = BodyReads()
+    app = build_app(context, components, body_reads)
     tls = {}
     if settings.api.tls_cert_file and settings.api.tls_key_file:
         tls = {
@@ -243,10 +292,15 @@ def serve(settings: Settings, role: str = "all") -> None:
         app,
         host=settings.host,
         port=settings.ports.api,
+        # uvicorn's own protocol, plus a deadline for each request's headers (slow clients).
+        http=header_timeout_protocol(settings.api.header_timeout_s),
         log_config=None,
         access_log=False,
+        # An upper bound only: stalled bodies end at once when shutdown starts (see
+        # DrainingServer), so this waits for requests with complete bodies, which are
+        # answered within produce_timeout_s.
         timeout_graceful_shutdown=30,
         backlog=2048,
         **tls,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    asyncio.run(DrainingServer(config, body_reads).serve())

@@ -91,6 +91,11 @@ class ApiSettings(BaseModel):
     produce_timeout_s: float = 10.0
     # Bytes of accepted-but-unacknowledged records; past it requests get 429 + retry-after.
     producer_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    # Slow clients: seconds allowed to send a request's headers (from the connection or the
+    # previous answer; then the connection is closed) and its whole body (from the first read;
+    # then 408). The default takes a 4 MiB body at 400 KiB/s or more.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 

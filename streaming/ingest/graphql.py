@@ -8,7 +8,8 @@ as the control-plane stand-in does. Served: ``ReportEvent`` (1..1000 events, ans
 
 Status codes follow the GraphQL-over-HTTP convention for ``application/json``: a body that is
 not a JSON object, or whose ``query``/``operationName``/``variables`` are ill-typed -> 400,
-a body over the size limit -> 413 (request errors); invalid input, too many items, an
+a body over the size limit -> 413, a body not declared ``application/json`` -> 415 (request
+errors); invalid input, too many items, an
 unknown operation -> 200 with ``{"errors":[{message, extensions:{code}}]}`` (the
 message names the path, e.g. ``input.usageEvents[3].customerId``); broker unavailable -> 503
 and producer buffer full -> 429, both with retry-after and an ``errors`` body, never 200.
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from byoc_platform.api_errors import ApiError
+from byoc_platform.content_type import require_json
 from byoc_platform.events import UsageReport
 from byoc_platform.plugins import UsageOutcome
 from streaming.ingest import wire
@@ -32,11 +34,12 @@ from streaming.ingest.rest import iso_ms, read_body
 from streaming.ingest.service import IngestService, now_ms, rejection_reason
 
 # Statuses that stay HTTP statuses (request or transport errors); others become 200 + errors.
-_HTTP_STATUSES = {400, 401, 413, 429, 503}
+_HTTP_STATUSES = {400, 401, 413, 415, 429, 503}
 _GRAPHQL_CODES = {
     400: "BadUserInput",
     404: "NotFound",
     413: "BadUserInput",
+    415: "UnsupportedMediaType",
     422: "BadUserInput",
     429: "RateLimited",
     503: "ServiceUnavailable",
@@ -97,6 +100,7 @@ class GraphQLRoute:
         service = self.service
         service.metrics.requests.labels("graphql").inc()
         try:
+            require_json(request.headers)
             body = await read_body(request, self.body_limit)
             try:
                 document = msgspec.json.decode(body)

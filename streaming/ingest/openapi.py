@@ -44,6 +44,7 @@ _DIMENSIONS = {
     "additionalProperties": {"type": ["string", "number", "boolean"]},
 }
 _DATETIME = {"type": "string", "format": "date-time"}
+_UNSUPPORTED = "The body is not declared `application/json` (Content-Type missing or another type)"
 _RETRY_HEADERS = {
     "retry-after": {"description": "Seconds to wait", "schema": {"type": "string"}},
     "retry-after-ms": {"description": "Milliseconds to wait", "schema": {"type": "string"}},
@@ -63,10 +64,11 @@ def _errors(schema: dict[str, Any], limit: int, max_body: int) -> dict[str, Any]
         "400": _json(schema, "Malformed JSON"),
         "401": _json(_ERROR, "Invalid or missing API key"),
         "413": _json(schema, f"More than {limit} items, or a body over {max_body} bytes"),
+        "415": _json(schema, _UNSUPPORTED),
         "422": _json(
             schema,
-            "A missing or ill-typed field (the message names the item index and field), an "
-            "empty batch, or a timestamp too far in the future",
+            "A missing, ill-typed or unknown field (the message names the item index and "
+            "field), an empty batch, or a timestamp too far in the future",
         ),
         "429": _json(schema, "Producer buffer full; retry after", headers=_RETRY_HEADERS),
         "503": _json(schema, "Broker unavailable; retry after", headers=_RETRY_HEADERS),
@@ -76,6 +78,7 @@ def _errors(schema: dict[str, Any], limit: int, max_body: int) -> dict[str, Any]
 def _event(limit_note: str) -> dict[str, Any]:
     return {
         "type": "object",
+        "additionalProperties": False,
         "required": ["customerId", "eventName", "idempotencyKey"],
         "properties": {
             "customerId": _NON_EMPTY,
@@ -99,6 +102,7 @@ def _event(limit_note: str) -> dict[str, Any]:
 def _usage(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "type": "object",
+        "additionalProperties": False,
         "required": ["customerId", "featureId", "value"],
         "properties": {
             "customerId": _NON_EMPTY,
@@ -145,13 +149,16 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
     limit = settings.api.max_batch_events
     max_body = settings.api.max_body_bytes
     skew = f"At most {settings.api.max_future_skew_s:g}s in the future."
+    # Unknown fields are refused (422 naming them), at the top level as in the items.
     events_body = {
         "type": "object",
+        "additionalProperties": False,
         "required": ["events"],
         "properties": {"events": {"type": "array", "items": _event(skew)}},
     }
     usage_body = {
         "type": "object",
+        "additionalProperties": False,
         "required": ["usages"],
         "properties": {"usages": {"type": "array", "items": _usage()}},
     }
@@ -188,8 +195,14 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         ),
         "401": _json(_ERROR, "Invalid or missing API key"),
         "413": _json(_GRAPHQL_ERRORS, f"More than {limit} items, or a body over {max_body} bytes"),
+        "415": _json(_GRAPHQL_ERRORS, _UNSUPPORTED),
         "429": _json(_GRAPHQL_ERRORS, "Producer buffer full; retry after", headers=_RETRY_HEADERS),
-        "503": _json(_GRAPHQL_ERRORS, "Broker unavailable; retry after", headers=_RETRY_HEADERS),
+        "503": _json(
+            # The runtime's own answer while it shuts down uses the platform's error body.
+            {"anyOf": [_GRAPHQL_ERRORS, _ERROR]},
+            "Broker unavailable, or the server is shutting down; retry after",
+            headers=_RETRY_HEADERS,
+        ),
     }
     return {
         "/api/v1/events": {

@@ -5,6 +5,7 @@
 
 The environment is the API key's (set by the runtime's auth middleware); an
 ``X-ENVIRONMENT-ID`` header is ignored, so an SDK configured for Stigg Cloud works unchanged.
+A body not declared ``application/json`` is refused with 415 before it is read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from byoc_platform.api_errors import ApiError
+from byoc_platform.content_type import require_json
 from byoc_platform.events import UsageReport
 from byoc_platform.plugins import UsageOutcome
 from streaming.ingest import wire
@@ -87,6 +89,7 @@ class RestRoutes:
         service = self.service
         service.metrics.requests.labels("events").inc()
         try:
+            require_json(request.headers)
             body = await read_body(request, self.body_limit)
             received = now_ms()  # default event time and the records' receivedAt
             events = wire.decode_events(
@@ -105,6 +108,7 @@ class RestRoutes:
         service = self.service
         service.metrics.requests.labels("usage").inc()
         try:
+            require_json(request.headers)
             body = await read_body(request, self.body_limit)
             usages = wire.decode_usages(body, max_usages=service.max_items)
             received, reports, outcomes = await service.report_usage(

@@ -39,6 +39,7 @@ _STATUS_REASONS = {
     404: "not_found",
     409: "conflict",
     413: "too_large",
+    415: "unsupported_media_type",
     422: "invalid",
     429: "buffer_full",
     503: "unavailable",

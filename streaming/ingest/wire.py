@@ -4,8 +4,13 @@ msgspec decodes and validates in one C pass; its errors already name the path
 (``$.events[3].customerId``), which is what a 422 must name. Everything here raises
 :class:`~byoc_platform.api_errors.ApiError` with the status the contract asks for:
 
-- malformed JSON -> 400; more than ``max_events`` items -> 413; a missing or ill-typed field,
-  an empty batch, or a timestamp too far in the future -> 422 naming the index and the field.
+- malformed JSON -> 400; more than ``max_events`` items -> 413; a missing, ill-typed or
+  unknown field, an empty batch, or a timestamp too far in the future -> 422 naming the index
+  and the field.
+
+Unknown fields are refused (REST as GraphQL): every field the official SDKs send is known
+(stigg-api.md), and a misspelt optional field (``idempotencykey``, ``resource_id``) would
+otherwise be dropped silently.
 
 Raw events are decoded into :class:`WireEvent`, whose fields are laid out exactly like
 :class:`byoc_platform.events.UsageEvent` (same names, order and defaults); the decoder then
@@ -36,7 +41,7 @@ MAX_WHOLE = 2.0**53 - 1
 MAX_DIMENSION = 2**1023  # numeric dimensions must stay finite as floats
 
 
-class WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
+class WireEvent(msgspec.Struct, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     """One raw event as sent; after decoding ``timestamp`` holds epoch milliseconds (int)."""
 
     customerId: NonEmpty
@@ -48,13 +53,13 @@ class WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
     dimensions: Dimensions = {}
 
 
-class EventsBody(msgspec.Struct):
+class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
     """``POST /api/v1/events``."""
 
     events: list[WireEvent]
 
 
-class UsageIn(msgspec.Struct, kw_only=True):
+class UsageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One aggregated usage report (REST ``usages[i]``, GraphQL ``ReportUsageBaseInput``)."""
 
     customerId: NonEmpty
@@ -67,7 +72,7 @@ class UsageIn(msgspec.Struct, kw_only=True):
     createdAt: datetime | None = None
 
 
-class UsageBody(msgspec.Struct):
+class UsageBody(msgspec.Struct, forbid_unknown_fields=True):
     """``POST /api/v2/usage``."""
 
     usages: list[UsageIn]

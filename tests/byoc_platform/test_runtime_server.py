@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
 
 from byoc_platform.api_errors import ApiError
-from byoc_platform.runtime_server import build_app, create_context
+from byoc_platform.runtime_server import build_app, create_context, openapi_document
 from tests.stack_fixtures import test_settings
 
 
@@ -123,3 +123,23 @@ def test_wrong_method_answers_405_with_allow(tmp_path: Path) -> None:
         assert response.status_code == 405
         assert "GET" in response.headers["allow"]
         assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_operations_with_a_body_document_the_core_body_read_answers() -> None:
+    class BodyComponent(EchoComponent):
+        def openapi_paths(self) -> dict[str, Any]:
+            return {
+                "/api/v1/echo": {"get": {"responses": {"200": {"description": "OK"}}}},
+                "/api/v1/post": {
+                    "post": {
+                        "requestBody": {"content": {"application/json": {"schema": {}}}},
+                        "responses": {"503": {"description": "the component's own"}},
+                    }
+                },
+            }
+
+    paths = openapi_document([BodyComponent()])["paths"]
+    post = paths["/api/v1/post"]["post"]["responses"]
+    assert "api.body_timeout_s" in post["408"]["description"]
+    assert post["503"] == {"description": "the component's own"}  # kept, not overwritten
+    assert "408" not in paths["/api/v1/echo"]["get"]["responses"]  # no body, no body timeout

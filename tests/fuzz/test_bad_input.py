@@ -8,11 +8,15 @@ accepted requests of this module are all there.
 
 from __future__ import annotations
 
+import itertools
 import json
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +24,13 @@ import pytest
 
 from byoc_platform import clients
 from byoc_platform.events import decode_batch, decode_report_batch
-from tests.fuzz.api_process import ApiProcess
+from tests.fuzz.api_process import ApiProcess, api_settings, start_api
 from tests.fuzz.conftest import MAX_BODY
+from tests.stack_fixtures import Stack
 
 pytestmark = pytest.mark.integration
 
+SOCKET_WAIT_S = 60.0  # a generous bound for raw-socket answers (not a timing assertion)
 REFUSED: set[str] = set()  # markers of refused requests
 ACCEPTED: set[str] = set()  # idempotency keys of accepted events
 
@@ -145,7 +151,7 @@ def test_one_bad_event_refuses_the_whole_batch_naming_index_and_field(
     still_healthy(http)
 
 
-def test_malformed_json_and_non_json_bodies_are_400(http: httpx.Client) -> None:
+def test_malformed_json_is_400_and_a_form_415(http: httpx.Client) -> None:
     mark = marker("malformed")
     good = json.dumps({"events": [event(mark)]}).encode()
     for body in (good[:-5], b"", b"\x00\x01", b"events=1", good + b"garbage"):
@@ -155,24 +161,35 @@ def test_malformed_json_and_non_json_bodies_are_400(http: httpx.Client) -> None:
         data={"customerId": mark},
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    refused(form, 400)
+    refused(form, 415, "application/x-www-form-urlencoded", "application/json")
     graphql = http.post("/graphql", content=good[:-5])
     assert graphql.status_code == 400 and graphql.json()["errors"][0]["message"]
     still_healthy(http)
 
 
-def test_unknown_fields_never_reach_the_log(http: httpx.Client) -> None:
-    # REST ignores unknown fields (forward compatible with newer SDKs); GraphQL inputs are
-    # typed and refuse them. Either way nothing unknown is stored.
-    key = f"unknown-{uuid.uuid4().hex[:8]}"
-    rest = http.post(
-        "/api/v1/events",
-        json={"events": [event("fuzz-unknown", idempotencyKey=key, secret="s")], "extra": 1},
+def test_unknown_fields_are_422_naming_the_field_and_the_event(http: httpx.Client) -> None:
+    # REST refuses them like GraphQL's typed inputs: a misspelt field is not dropped silently.
+    mark = marker("unknown")
+    batch = [event(mark, i) for i in range(3)]
+    batch[2] = event(mark, 2, secret="s")
+    refused(
+        http.post("/api/v1/events", json={"events": batch}),
+        422,
+        "unknown field `secret`",
+        "$.events[2]",
     )
-    assert rest.status_code in (200, 400, 422), rest.text
-    if rest.status_code == 200:
-        ACCEPTED.add(key)
-    mark = marker("gql-unknown")
+    refused(
+        http.post("/api/v1/events", json={"events": [event(mark)], "extra": 1}),
+        422,
+        "unknown field `extra`",
+    )
+    usage = {"customerId": mark, "featureId": "feature-api-calls", "value": 1, "secret": "s"}
+    refused(
+        http.post("/api/v2/usage", json={"usages": [usage]}),
+        422,
+        "unknown field `secret`",
+        "$.usages[0]",
+    )
     gql = http.post(
         "/graphql",
         json={
@@ -184,6 +201,33 @@ def test_unknown_fields_never_reach_the_log(http: httpx.Client) -> None:
     still_healthy(http)
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None])
+def test_a_body_not_declared_json_is_415(
+    fuzz_api: ApiProcess, http: httpx.Client, content_type: str | None
+) -> None:
+    mark = marker("ctype")
+    headers = {"X-API-KEY": fuzz_api.api_key}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    named = content_type or "Missing Content-Type"
+    bodies = {
+        "/api/v1/events": {"events": [event(mark)]},
+        "/api/v2/usage": {"usages": [{"customerId": mark, "featureId": "f", "value": 1}]},
+    }
+    with httpx.Client(base_url=fuzz_api.url, headers=headers, timeout=30) as raw:
+        for path, body in bodies.items():
+            refused(raw.post(path, content=json.dumps(body)), 415, named, "application/json")
+        document = {
+            "operationName": "ReportEvent",
+            "variables": {"input": {"usageEvents": [event(mark)]}},
+        }
+        gql = raw.post("/graphql", content=json.dumps(document))
+    assert gql.status_code == 415, gql.text
+    message = gql.json()["errors"][0]["message"]
+    assert named in message and "application/json" in message
+    still_healthy(http)
+
+
 def test_wrong_methods_and_paths_are_clear(http: httpx.Client) -> None:
     response = http.get("/api/v1/events")
     assert response.status_code == 405 and "POST" in response.headers["allow"]
@@ -191,28 +235,128 @@ def test_wrong_methods_and_paths_are_clear(http: httpx.Client) -> None:
     still_healthy(http)
 
 
-def test_slow_clients_do_not_hold_up_the_others(fuzz_api: ApiProcess, http: httpx.Client) -> None:
+def stalled_request(port: int, api_key: str, body: bytes) -> socket.socket:
+    """A request that promises a body of 100000 bytes and sends only ``body``."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(SOCKET_WAIT_S)
+    sock.sendall(
+        b"POST /api/v1/events HTTP/1.1\r\nHost: t\r\nX-API-KEY: "
+        + api_key.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        + body
+    )
+    return sock
+
+
+def answer_then_close(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The server's answer on a raw socket, read until the server closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):  # a socket timeout here fails the test
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower(), head
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_slow_clients_get_408_and_do_not_hold_up_the_others(
+    fuzz_api: ApiProcess, http: httpx.Client
+) -> None:
     port = fuzz_api.settings.ports.api
     mark = marker("slow")
-    stalled = []
-    for _ in range(20):  # promise a body and never finish it
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(
-            b"POST /api/v1/events HTTP/1.1\r\nHost: t\r\nX-API-KEY: "
-            + fuzz_api.api_key.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-            + json.dumps({"events": [event(mark)]}).encode()[:-3]
-        )
-        stalled.append(sock)
+    partial = json.dumps({"events": [event(mark)]}).encode()[:-3]
+    stalled = [stalled_request(port, fuzz_api.api_key, partial) for _ in range(20)]
     try:
-        started = time.monotonic()
         for _ in range(10):
             still_healthy(http)
-        assert time.monotonic() - started < 60
+        for sock in stalled:  # each is cut off with 408, naming the setting, and closed
+            status, body = answer_then_close(sock)
+            assert status == 408, body
+            assert body["error"]["code"] == "REQUEST_TIMEOUT"
+            assert "api.body_timeout_s" in body["error"]["message"]
     finally:
         for sock in stalled:
             sock.close()
     still_healthy(http)
+
+
+def test_connections_without_a_whole_request_are_closed(
+    fuzz_api: ApiProcess, http: httpx.Client
+) -> None:
+    port = fuzz_api.settings.ports.api
+    silent = socket.create_connection(("127.0.0.1", port))
+    partial = socket.create_connection(("127.0.0.1", port))
+    try:
+        for sock in (silent, partial):
+            sock.settimeout(SOCKET_WAIT_S)
+        partial.sendall(b"POST /api/v1/events HTTP/1.1\r\nHost: t\r\nX-API-KE")
+        assert silent.recv(65536) == b""  # closed without a word, like an idle keep-alive
+        status, body = answer_then_close(partial)
+        assert status == 408 and "api.header_timeout_s" in body["error"]["message"]
+    finally:
+        silent.close()
+        partial.close()
+    still_healthy(http)
+
+
+def test_sigterm_with_stalled_clients_exits_and_loses_nothing_acked(
+    infra: Stack, tmp_path: Path
+) -> None:
+    # Timeouts far beyond the test: only the shutdown itself can end the stalled clients.
+    api = start_api(
+        api_settings(infra.settings, tmp_path, header_timeout_s=600, body_timeout_s=600)
+    )
+    port = api.settings.ports.api
+    mark = f"bad-term-{uuid.uuid4().hex[:8]}"
+    acked: list[str] = []
+    sent_one = threading.Event()
+    stop = threading.Event()
+
+    def send() -> None:  # complete requests, before and during the shutdown
+        with httpx.Client(base_url=api.url, headers={"X-API-KEY": api.api_key}) as client:
+            for number in itertools.count():
+                key = f"term-{uuid.uuid4().hex[:8]}-{number}"
+                try:
+                    ok = client.post(
+                        "/api/v1/events",
+                        json={"events": [event("fuzz-term", 0, idempotencyKey=key)]},
+                    )
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if ok.status_code == 200:
+                    acked.append(key)
+                    sent_one.set()
+                if stop.is_set() or ok.status_code != 200:
+                    return
+
+    sender = threading.Thread(target=send)
+    stalled = stalled_request(
+        port, api.api_key, json.dumps({"events": [event(mark)]}).encode()[:-3]
+    )
+    idle = socket.create_connection(("127.0.0.1", port))
+    idle.settimeout(SOCKET_WAIT_S)
+    try:
+        sender.start()
+        assert sent_one.wait(SOCKET_WAIT_S)
+        api.proc.send_signal(signal.SIGTERM)
+        status, body = answer_then_close(stalled)  # answered at once, not after a timeout
+        assert status == 503, body
+        assert "shutting down" in body["error"]["message"]
+        assert idle.recv(65536) == b""
+        code = api.proc.wait(120)  # generous; the log says whether shutdown had to give up
+    finally:
+        stop.set()
+        sender.join(60)
+        stalled.close()
+        idle.close()
+        api.stop()
+    log = api.log()
+    assert code in (0, -signal.SIGTERM), log[-3000:]
+    assert "graceful shutdown exceeded" not in log, log[-3000:]
+    assert "ingestion flushed and stopped" in log
+    stored = read_topic(api, api.settings.kafka.events_topic, idle_s=10.0)
+    keys = {e.idempotencyKey for m in stored for e in decode_batch(m.value()).events}
+    assert acked and set(acked) <= keys, sorted(set(acked) - keys)[:5]
+    assert not any(mark in m.value().decode() for m in stored)
 
 
 def test_many_connections_at_once(fuzz_api: ApiProcess, http: httpx.Client) -> None:

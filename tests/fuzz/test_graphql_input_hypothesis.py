@@ -44,9 +44,9 @@ DOCUMENTS = st.one_of(
 
 @pytest.fixture(scope="module")
 def client(fuzz_api: ApiProcess) -> Any:
-    with httpx.Client(
-        base_url=fuzz_api.url, headers={"X-API-KEY": fuzz_api.api_key}, timeout=30
-    ) as http:
+    # Declared JSON even when there is no body (json=None): the content type is not under test.
+    headers = {"X-API-KEY": fuzz_api.api_key, "Content-Type": "application/json"}
+    with httpx.Client(base_url=fuzz_api.url, headers=headers, timeout=30) as http:
         yield http
 
 

@@ -157,7 +157,11 @@ def test_unknown_operation_and_malformed_body(ingest_api: ApiProcess) -> None:
     assert response.status_code == 200
     [error] = response.json()["errors"]
     assert "GetPlans" in error["message"] and "ReportEvent" in error["message"]
-    malformed = httpx.post(f"{ingest_api.url}/graphql", content=b"{nope", headers=headers)
+    malformed = httpx.post(
+        f"{ingest_api.url}/graphql",
+        content=b"{nope",
+        headers={**headers, "Content-Type": "application/json"},
+    )
     assert malformed.status_code == 400
     assert malformed.json()["errors"][0]["message"].startswith("Malformed JSON")
     anonymous = httpx.post(f"{ingest_api.url}/graphql", json={"query": "{}"})

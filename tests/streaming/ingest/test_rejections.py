@@ -28,9 +28,13 @@ def event(customer: str, key: str = "k", **extra: Any) -> dict[str, Any]:
 
 
 def post(
-    api: ApiProcess, path: str, body: bytes | dict, key: str | None = "valid"
+    api: ApiProcess,
+    path: str,
+    body: bytes | dict,
+    key: str | None = "valid",
+    content_type: str | None = "application/json",
 ) -> httpx.Response:
-    headers = {"Content-Type": "application/json"}
+    headers = {} if content_type is None else {"Content-Type": content_type}
     if key is not None:
         headers["X-API-KEY"] = api.api_key if key == "valid" else key
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -107,6 +111,19 @@ CASES: dict[str, tuple[Callable[[str], bytes | dict], int, str, list[str]]] = {
         ["$.events[1].timestamp", f"{MAX_SKEW_S}s in the future"],
     ),
     "empty_batch": (lambda c: {"events": []}, 422, "UNPROCESSABLE_ENTITY", ["at least one"]),
+    # Unknown fields are refused, naming the field and the event (a typo is not dropped).
+    "unknown_field": (
+        lambda c: {"events": [event(c, "a"), event(c, "b", idempotencykey="b2")]},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["unknown field `idempotencykey`", "`$.events[1]`"],
+    ),
+    "unknown_top_level_field": (
+        lambda c: {"events": [event(c, "a")], "environmentId": "other"},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["unknown field `environmentId`"],
+    ),
     "not_an_object": (
         lambda c: [event(c)],
         422,
@@ -152,6 +169,10 @@ USAGE_CASES: dict[str, tuple[Callable[[str], dict], list[str]]] = {
         lambda c: {"usages": [{"customerId": c, "featureId": "f", "value": 2.0**36 + 0.5}]},
         ["$.usages[0].value", "2^35"],
     ),
+    "unknown_field": (
+        lambda c: {"usages": [{"customerId": c, "featureId": "f", "value": 1, "created_at": "x"}]},
+        ["unknown field `created_at`", "$.usages[0]"],
+    ),
     "created_at_in_future": (
         lambda c: {
             "usages": [{"customerId": c, "featureId": "f", "value": 1, "createdAt": future(3600)}]
@@ -181,6 +202,65 @@ def test_rejected_usage_reports_answer_422_and_write_nothing(
     assert ok.status_code == 200
     found = reports_reader.read([customer], lambda f: count(f, [customer]) >= 1)
     assert [u.featureId for u in items_of(found, customer)] == ["sentinel"]
+
+
+def ingestion_body(path: str, customer: str) -> dict:
+    """A valid body for each ingestion route, refused only for what the test changes."""
+    if path == "/api/v1/events":
+        return {"events": [event(customer)]}
+    if path == "/api/v2/usage":
+        return {"usages": [{"customerId": customer, "featureId": "f", "value": 1}]}
+    return {
+        "operationName": "ReportEvent",
+        "query": "mutation ReportEvent($input: UsageEventsReportInput!) "
+        "{ reportEvent(input: $input) }",
+        "variables": {"input": {"usageEvents": [event(customer)]}},
+    }
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v2/usage", "/graphql"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/xml", None, "application/json; charset=utf-16"]
+)
+def test_a_body_not_declared_json_is_415_naming_the_expected_type(
+    path: str,
+    content_type: str | None,
+    ingest_api: ApiProcess,
+    events_reader: KafkaReader,
+    reports_reader: KafkaReader,
+) -> None:
+    customer = unique("ctype")
+    body = ingestion_body(path, customer)
+    response = post(ingest_api, path, body, content_type=content_type)
+    assert response.status_code == 415, response.text
+    assert response.headers["x-should-retry"] == "false"
+    if path == "/graphql":  # GraphQL-over-HTTP: a request error, as an errors document
+        [error] = response.json()["errors"]
+        message = error["message"]
+        assert error["extensions"]["code"] == "UnsupportedMediaType"
+    else:
+        error = response.json()["error"]
+        message = error["message"]
+        assert error["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert "application/json" in message
+    assert (content_type or "Missing Content-Type").split(";")[-1].split("=")[-1] in message
+    if path == "/api/v2/usage":
+        ok = post(
+            ingest_api, path, {"usages": [{"customerId": customer, "featureId": "s", "value": 1}]}
+        )
+        assert ok.status_code == 200
+        found = reports_reader.read([customer], lambda f: count(f, [customer]) >= 1)
+        assert [u.featureId for u in items_of(found, customer)] == ["s"]
+    else:
+        assert_nothing_reached_kafka(ingest_api, events_reader, customer)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v2/usage", "/graphql"])
+def test_json_with_a_charset_parameter_is_accepted(path: str, ingest_api: ApiProcess) -> None:
+    body = ingestion_body(path, unique("charset"))
+    response = post(ingest_api, path, body, content_type="application/json; charset=UTF-8")
+    assert response.status_code == 200, response.text
+    assert "errors" not in response.json()
 
 
 @pytest.mark.parametrize("path", ["/api/v1/events", "/api/v2/usage", "/graphql"])

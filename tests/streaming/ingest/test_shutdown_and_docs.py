@@ -97,12 +97,22 @@ def test_openapi_describes_every_ingestion_route(ingest_api: ApiProcess) -> None
         assert schema["type"] == "object"
         if path != "/graphql":  # GraphQL answers a missing operation with 200 + errors
             assert schema["required"]
-        assert {"200", "400", "401", "413", "429", "503"} <= set(operation["responses"])
+        assert {"200", "400", "401", "408", "413", "415", "429", "503"} <= set(
+            operation["responses"]
+        )
     events_schema = paths["/api/v1/events"]["post"]["requestBody"]["content"]["application/json"][
         "schema"
     ]
     item = events_schema["properties"]["events"]["items"]
     assert item["required"] == ["customerId", "eventName", "idempotencyKey"]
+    # Unknown fields are refused, and the document says so.
+    assert events_schema["additionalProperties"] is False
+    assert item["additionalProperties"] is False
+    usage_schema = paths["/api/v2/usage"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert usage_schema["additionalProperties"] is False
+    assert usage_schema["properties"]["usages"]["items"]["additionalProperties"] is False
     assert "422" in paths["/api/v1/events"]["post"]["responses"]
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert path in paths
@@ -128,7 +138,8 @@ def test_metrics_count_requests_events_rejections_latency_and_buffer(
         ]
     }
     assert httpx.post(f"{url}/api/v1/events", json=body, headers=headers).status_code == 200
-    assert httpx.post(f"{url}/api/v1/events", content=b"{", headers=headers).status_code == 400
+    json_headers = {**headers, "Content-Type": "application/json"}
+    assert httpx.post(f"{url}/api/v1/events", content=b"{", headers=json_headers).status_code == 400
     after = httpx.get(f"{url}/metrics").text
     assert (
         metric(after, 'byoc_ingest_events_total{route="events"}')
