@@ -246,11 +246,44 @@ class DurableProducer:
         """Produce all records and wait until every one is acknowledged (acks=all)."""
         if not records:
             return
+        deadline = time.monotonic() + self.timeout_s
+        error = await self._send_once(records, deadline)
+        if error is not None and self._unusable(error) and await self._replaced(deadline):
+            # After a broker restart Tansu fences the producer id: the broker refused the write
+            # (or it was purged with the fenced producer) and the poll thread has put a new
+            # producer in place, so send once more rather than answer 503 (a partly written
+            # request resent is deduplicated downstream by its idempotency keys).
+            log.info("resending %d records with the replacement producer", len(records))
+            error = await self._send_once(records, deadline)
+        if error is not None:
+            self.last_error = str(error)
+            raise ApiError(503, f"Broker refused the write: {error}", retry_after_s=RETRY_AFTER_S)
+
+    @staticmethod
+    def _unusable(error: Any) -> bool:
+        """Refused by an unusable producer, or purged from it when it was replaced."""
+        from confluent_kafka import KafkaError
+
+        if isinstance(error, str):  # never handed to librdkafka
+            return False
+        purged = error.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+        return purged or clients.producer_unusable(error)
+
+    async def _replaced(self, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the poll thread to replace an unusable producer."""
+        while self._fatal is not None and not self._stop.is_set():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL_INTERVAL_S)
+        return not self._stop.is_set()
+
+    async def _send_once(self, records: Sequence[Record], deadline: float) -> Any:
+        """One attempt: None when every record is acknowledged, else the first delivery error."""
+        if self._fatal is not None and not await self._replaced(deadline):
+            raise ApiError(503, f"Broker unavailable: {self._fatal}", retry_after_s=RETRY_AFTER_S)
         producer = self._producer
         if producer is None or self._stop.is_set():
             raise ApiError(503, "Ingestion is shutting down", retry_after_s=RETRY_AFTER_S)
-        if self._fatal is not None:
-            raise ApiError(503, f"Broker unavailable: {self._fatal}", retry_after_s=RETRY_AFTER_S)
         size = sum(len(r.value) for r in records)
         self._reserve(size)
         waiter = _Waiter(self, asyncio.get_running_loop(), len(records), size)
@@ -274,7 +307,9 @@ class DurableProducer:
             self._abandon(waiter, len(records) - produced)
             raise ApiError(503, f"Broker unavailable: {exc}", retry_after_s=RETRY_AFTER_S) from None
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.timeout_s)
+            await asyncio.wait_for(
+                asyncio.shield(waiter.future), max(deadline - time.monotonic(), 0.001)
+            )
         except TimeoutError:
             raise ApiError(
                 503,
@@ -282,11 +317,7 @@ class DurableProducer:
                 retry_after_s=RETRY_AFTER_S,
             ) from None
         self._on_latency(time.perf_counter() - started)
-        if waiter.error is not None:
-            self.last_error = str(waiter.error)
-            raise ApiError(
-                503, f"Broker refused the write: {waiter.error}", retry_after_s=RETRY_AFTER_S
-            )
+        return waiter.error
 
     def _abandon(self, waiter: _Waiter, never_produced: int) -> None:
         """Account for records that were never handed to librdkafka."""

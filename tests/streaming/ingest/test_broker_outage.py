@@ -207,3 +207,46 @@ def test_broker_killed_mid_request_every_200_is_durable(own_stack: Stack, api: A
                 assert not missing, f"batch {number} answered 200 but {len(missing)} lost"
     finally:
         reader.close()
+
+
+def test_after_a_broker_restart_requests_succeed_without_a_503(
+    own_stack: Stack, api: ApiProcess
+) -> None:
+    """The broker dies with records in flight: Tansu then refuses the producer's id after its
+    restart (fenced / unknown producer). The API replaces its producer and resends the refused
+    request itself, so no request started once the broker is back gets a 503."""
+    customer = unique("fenced")
+    answers: list[tuple[float, int, str]] = []  # (started, status, body)
+    stop = threading.Event()
+
+    def send() -> None:
+        number = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                answer = post(api, events(customer, 200, prefix=f"b{number}-"), timeout=30)
+                answers.append((started, answer.status_code, answer.text[:200]))
+            except httpx.HTTPError as exc:
+                answers.append((started, 0, repr(exc)))
+            number += 1
+
+    log_before = len(api.log())
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        wait_for(lambda: len(answers) >= 3, timeout=60)
+        own_stack.supervisor.kill("kafka", signal.SIGKILL)  # with a request in flight
+        wait_for(lambda: ready(api) == 503, timeout=30)  # dead, and seen dead, before restart
+        restart_broker(own_stack, api)
+        back = time.monotonic()
+        wait_for(lambda: sum(1 for s, _, _ in answers if s >= back) >= 10, timeout=120)
+    finally:
+        stop.set()
+        sender.join()
+    after = [(status, body) for started, status, body in answers if started >= back]
+    assert all(status == 200 for status, _ in after), after
+    # Whenever it started, no request is refused because the producer was fenced.
+    assert not [body for _, _, body in answers if "FENCED" in body.upper()]
+    log = api.log()[log_before:]
+    if "producer unusable" in log:  # the fencing path was taken: it resent, not answered 503
+        assert "resending" in log
