@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from grpclib.server import Server
 from prometheus_client import Gauge
 from starlette.routing import BaseRoute, Route
 
@@ -27,6 +27,7 @@ from byoc_platform.plugins import RuntimeContext
 from enforcement.counters import UsageCounters
 from enforcement.credits import CreditService
 from enforcement.engine import EntitlementEngine
+from enforcement.grpc_fastpath import FastCheckServer
 from enforcement.grpc_service import SidecarService
 from enforcement.openapi import openapi_paths
 from enforcement.rest_credits import CreditRoutes
@@ -79,7 +80,7 @@ class EnforcementComponent:
         # Aggregated usage accepted by ingestion (REST /api/v2/usage) lands in our counters.
         context.hooks.usage = self.usage_hook
         self.usage_feed = UsageFeed(settings, self.counters, self.state, self.usage_hook)
-        self._grpc_server: Server | None = None
+        self._grpc_server: FastCheckServer | None = None
         self._entitlement_routes = EntitlementRoutes(self)
         self.credit_routes = CreditRoutes(self)
         self._started = False
@@ -147,6 +148,11 @@ class EnforcementComponent:
             "byoc_enforcement_grpc_answer_cache_hits",
             "gRPC answers served pre-encoded",
             lambda: self.grpc_service.answers.hits,
+        )
+        gauge(
+            "byoc_enforcement_grpc_checks_routed",
+            "gRPC checks answered from recognised header bytes (h2 bypassed)",
+            lambda: self._grpc_server.stats.routed if self._grpc_server else 0,
         )
         gauge(
             "byoc_enforcement_grpc_answer_cache_misses",
@@ -221,7 +227,11 @@ class EnforcementComponent:
         await asyncio.to_thread(self.load_local_state)
         await asyncio.to_thread(self.credits.open)
         if self.settings.enforcement.grpc_enabled:
-            self._grpc_server = Server([self.grpc_service], codec=self.grpc_service.codec)
+            self._grpc_server = FastCheckServer(
+                [self.grpc_service],
+                fast=self.grpc_service.fast_methods(),
+                codec=self.grpc_service.codec,
+            )
             await self._grpc_server.start(self.settings.host, self.settings.ports.grpc)
             log.info(
                 "SidecarService listening",
@@ -242,6 +252,12 @@ class EnforcementComponent:
             self._maintain(), name="enforcement-credits"
         )
         await self.usage_feed.start()
+        # Everything loaded so far (modules, catalog, counters) lives as long as the process:
+        # moved out of the collector's reach, a full collection scans only what came after.
+        # Measured: gen-2 pauses of 11-100 ms on the loop thread under 2,000 checks/s before,
+        # which made the gRPC p99 (docs/benchmarks-enforcement.md).
+        gc.collect()
+        gc.freeze()
         self._started = True
 
     async def shutdown(self) -> None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import betterproto
 import betterproto.lib.google.protobuf as pb_google
@@ -70,11 +71,28 @@ class SidecarService(pb.SidecarServiceBase):
         self.answers = AnswerCache()
         self.codec = CachingCodec()
 
-    # --- typed checks ---------------------------------------------------------------------
+    def fast_methods(self) -> dict[str, Callable[[Any], Any]]:
+        """The checks by gRPC path: synchronous, answered from memory (grpc_fastpath.py)."""
+        prefix = "/stigg.sidecar.v1.SidecarService/"
+        return {
+            prefix + "GetBooleanEntitlement": self.get_boolean_entitlement_now,
+            prefix + "GetNumericEntitlement": self.get_numeric_entitlement_now,
+            prefix + "GetMeteredEntitlement": self.get_metered_entitlement_now,
+            prefix + "GetEnumEntitlement": self.get_enum_entitlement_now,
+            prefix + "GetEntitlement": self.get_entitlement_now,
+            prefix + "GetEntitlementV2": self.get_entitlement_v2_now,
+            prefix + "GetEntitlements": self.get_entitlements_now,
+            prefix + "GetEntitlementsStateV2": self.get_entitlements_state_v2_now,
+        }
+
+    # --- typed checks (each also answered synchronously: *_now) -------------------------------
 
     async def get_boolean_entitlement(
         self, request: pb.GetBooleanEntitlementRequest
     ) -> pb.GetBooleanEntitlementResponse:
+        return self.get_boolean_entitlement_now(request)  # type: ignore[return-value]
+
+    def get_boolean_entitlement_now(self, request: pb.GetBooleanEntitlementRequest) -> Any:
         fb = None
         if request.options is not None and request.options.fallback is not None:
             fb = msg.fallback_from(request.options.fallback.has_access)
@@ -99,6 +117,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_numeric_entitlement(
         self, request: pb.GetNumericEntitlementRequest
     ) -> pb.GetNumericEntitlementResponse:
+        return self.get_numeric_entitlement_now(request)  # type: ignore[return-value]
+
+    def get_numeric_entitlement_now(self, request: pb.GetNumericEntitlementRequest) -> Any:
         fb = None
         if request.options is not None and request.options.fallback is not None:
             f = request.options.fallback
@@ -124,6 +145,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_metered_entitlement(
         self, request: pb.GetMeteredEntitlementRequest
     ) -> pb.GetMeteredEntitlementResponse:
+        return self.get_metered_entitlement_now(request)  # type: ignore[return-value]
+
+    def get_metered_entitlement_now(self, request: pb.GetMeteredEntitlementRequest) -> Any:
         fb = None
         requested = None
         options = request.options
@@ -158,6 +182,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_enum_entitlement(
         self, request: pb.GetEnumEntitlementRequest
     ) -> pb.GetEnumEntitlementResponse:
+        return self.get_enum_entitlement_now(request)  # type: ignore[return-value]
+
+    def get_enum_entitlement_now(self, request: pb.GetEnumEntitlementRequest) -> Any:
         fb = None
         values: tuple[str, ...] = ()
         if request.options is not None:
@@ -221,6 +248,9 @@ class SidecarService(pb.SidecarServiceBase):
         )
 
     async def get_entitlement(self, request: pb.GetEntitlementRequest) -> pb.GetEntitlementResponse:
+        return self.get_entitlement_now(request)  # type: ignore[return-value]
+
+    def get_entitlement_now(self, request: pb.GetEntitlementRequest) -> Any:
         d = self._generic(
             request.customer_id, request.feature_id, request.resource_id, request.options
         )
@@ -237,6 +267,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_entitlement_v2(
         self, request: pb.GetEntitlementV2Request
     ) -> pb.GetEntitlementV2Response:
+        return self.get_entitlement_v2_now(request)  # type: ignore[return-value]
+
+    def get_entitlement_v2_now(self, request: pb.GetEntitlementV2Request) -> Any:
         if bool(request.feature_id) == bool(request.currency_id):
             raise grpclib.GRPCError(
                 Status.INVALID_ARGUMENT, "exactly one of feature_id and currency_id is required"
@@ -267,6 +300,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_entitlements(
         self, request: pb.GetEntitlementsRequest
     ) -> pb.GetEntitlementsResponse:
+        return self.get_entitlements_now(request)  # type: ignore[return-value]
+
+    def get_entitlements_now(self, request: pb.GetEntitlementsRequest) -> Any:
         reason, decisions = self.engine.entitlements(
             self.environment, request.customer_id, request.resource_id
         )
@@ -281,6 +317,9 @@ class SidecarService(pb.SidecarServiceBase):
     async def get_entitlements_state_v2(
         self, request: pb.GetEntitlementsStateV2Request
     ) -> pb.GetEntitlementsStateV2Response:
+        return self.get_entitlements_state_v2_now(request)  # type: ignore[return-value]
+
+    def get_entitlements_state_v2_now(self, request: pb.GetEntitlementsStateV2Request) -> Any:
         reason, decisions = self.engine.entitlements(
             self.environment, request.customer_id, request.resource_id
         )
