@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from byoc_platform.settings import Settings
+from streaming.ingest.wire import MAX_FRACTIONAL, MAX_WHOLE
 
 _ERROR = {
     "type": "object",
@@ -108,9 +109,16 @@ def _usage(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             "customerId": _NON_EMPTY,
             "featureId": _NON_EMPTY,
             "value": {
-                "type": "number",
                 "description": "Rounded half away from zero to 5 decimals; fractional values "
                 "below 2^35 in magnitude, whole values up to 2^53-1",
+                "anyOf": [
+                    {"type": "integer", "minimum": -MAX_WHOLE, "maximum": MAX_WHOLE},
+                    {
+                        "type": "number",
+                        "exclusiveMinimum": -MAX_FRACTIONAL,
+                        "exclusiveMaximum": MAX_FRACTIONAL,
+                    },
+                ],
             },
             "updateBehavior": {"type": "string", "enum": ["DELTA", "SET"], "default": "DELTA"},
             "idempotencyKey": {"type": ["string", "null"], "minLength": 1},
@@ -154,13 +162,17 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "required": ["events"],
-        "properties": {"events": {"type": "array", "items": _event(skew)}},
+        "properties": {
+            "events": {"type": "array", "minItems": 1, "maxItems": limit, "items": _event(skew)}
+        },
     }
     usage_body = {
         "type": "object",
         "additionalProperties": False,
         "required": ["usages"],
-        "properties": {"usages": {"type": "array", "items": _usage()}},
+        "properties": {
+            "usages": {"type": "array", "minItems": 1, "maxItems": limit, "items": _usage()}
+        },
     }
     graphql_body = {
         "type": "object",
