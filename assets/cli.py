@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,8 +16,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from byoc_platform.cli_settings import DataDir, load_settings
+
 if TYPE_CHECKING:
-    from byoc_platform.settings import Settings
+    pass
 
 app = typer.Typer()
 archive_app = typer.Typer(
@@ -28,21 +29,6 @@ rollup_app = typer.Typer(help="Hourly rollups and their publication.", no_args_i
 app.add_typer(archive_app, name="archive")
 app.add_typer(rollup_app, name="rollup")
 console = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $BYOC_DATA_DIR or ./.byoc)."),
-]
-
-
-def _settings(data_dir: Path | None) -> Settings:
-    from byoc_platform.settings import Settings
-
-    try:
-        return Settings(data_dir=data_dir) if data_dir else Settings()
-    except Exception as exc:  # pydantic ValidationError names the bad setting
-        console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _hour(text: str, option: str) -> datetime:
@@ -85,7 +71,7 @@ def restore(
     from assets.archive.restore import plan_restore, restore_manifest
     from assets.resources import ArchiveStoreResource, WarehouseResource
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir, console)
     start = _hour(hour, "--hour")
     local = settings.deployment == "local"
     store = ArchiveStoreResource.for_settings(
@@ -141,7 +127,7 @@ def backfill(
     from assets.backfill_client import BackfillError, BackfillStatus, DagsterBackfills
     from assets.partitions import hour_key
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir, console)
     first, last = _hour(start, "--from"), _hour(end, "--to")
     if last < first:
         raise _fail("--to is before --from", 2)

@@ -26,6 +26,19 @@ ERROR_CODES = {
     503: "UNAVAILABLE",
 }
 
+# The JSON Schema of every error body (error_response), for the OpenAPI documents.
+ERROR_BODY_SCHEMA: dict = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 
 

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from byoc_platform import logs
+from byoc_platform.cli_settings import DataDir, load_settings
 from byoc_platform.plugins import cli_extensions
 from byoc_platform.settings import Settings
 
@@ -28,19 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $BYOC_DATA_DIR or ./.byoc)."),
-]
-
-
-def load_settings(data_dir: Path | None = None) -> Settings:
-    try:
-        return Settings(data_dir=data_dir) if data_dir else Settings()
-    except Exception as exc:  # pydantic ValidationError: say which setting is wrong
-        console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _stack_state(settings: Settings) -> dict[str, Any]:
@@ -96,7 +83,7 @@ def up(
     from byoc_platform.stack.bootstrap import ensure_api_key
     from byoc_platform.stack.supervisor import ComponentFailed, Supervisor
 
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     logs.configure("supervisor", settings.log_level)
     state = _stack_state(settings)
     if _alive(state.get("supervisor_pid")):
@@ -139,7 +126,7 @@ def down(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 120.0,
 ) -> None:
     """Stop a running stack (every child process; data is kept)."""
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     state = _stack_state(settings)
     pid = state.get("supervisor_pid")
     if _alive(pid):
@@ -176,7 +163,7 @@ def status(
     """Show each component: pid, ports, health and log file."""
     from byoc_platform.stack.components import BY_NAME
 
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     state = _stack_state(settings)
     if not state.get("components"):
         console.print(f"no stack has run from {settings.data_dir}")
@@ -248,7 +235,7 @@ def serve(
     if role not in ("all", "ingest", "enforcement"):
         console.print(f"[red]unknown role {role!r}: use all, ingest or enforcement[/red]")
         raise typer.Exit(2)
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     logs.configure("api", settings.log_level)
     run(settings, role)
 
@@ -266,7 +253,7 @@ def keys_create(
     """Create an API key; it is printed once and stored only as a hash."""
     from byoc_platform.auth import KeyStore
 
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     assert settings.api_keys_file is not None
     print(KeyStore(settings.api_keys_file).create(environment, label))
 
@@ -276,7 +263,7 @@ def keys_list(data_dir: DataDir = None) -> None:
     """List key ids and environments (never the keys)."""
     from byoc_platform.auth import KeyStore
 
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     assert settings.api_keys_file is not None
     for record in KeyStore(settings.api_keys_file).records():
         print(f"{record.key_id}\t{record.environment}\t{record.created_at}\t{record.label}")
@@ -287,7 +274,7 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     """Revoke a key by its id."""
     from byoc_platform.auth import KeyStore
 
-    settings = load_settings(data_dir)
+    settings = load_settings(data_dir, console)
     assert settings.api_keys_file is not None
     if not KeyStore(settings.api_keys_file).revoke(key_id):
         console.print(f"[red]no key with id {key_id}[/red]")

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from byoc_platform.api_errors import UNAUTHENTICATED, ApiError, error_response
+from byoc_platform.api_errors import ERROR_BODY_SCHEMA, UNAUTHENTICATED, ApiError, error_response
 from byoc_platform.auth import KeyStore
 from byoc_platform.plugins import RuntimeComponent, RuntimeContext, runtime_factories
 from byoc_platform.request_timeouts import (
@@ -122,26 +122,15 @@ def _base_openapi() -> dict[str, Any]:
     }
 
 
-_ERROR_BODY = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
 # What the core itself may answer to any request with a body (request_timeouts.py).
 _BODY_READ_ANSWERS = {
     "408": {
         "description": "The request body was not received within api.body_timeout_s",
-        "content": {"application/json": {"schema": _ERROR_BODY}},
+        "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}},
     },
     "503": {
         "description": "The server is shutting down and the request body was not complete; retry",
-        "content": {"application/json": {"schema": _ERROR_BODY}},
+        "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}},
     },
 }
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+from byoc_platform.cli_settings import DataDir, load_settings
 
 if TYPE_CHECKING:
     from byoc_platform.settings import Settings
@@ -24,21 +25,6 @@ app = typer.Typer()
 warehouse_app = typer.Typer(help="The ClickHouse warehouse schema.", no_args_is_help=True)
 app.add_typer(warehouse_app, name="warehouse")
 console = Console(stderr=True, soft_wrap=True)  # Job logs: one line per message
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $BYOC_DATA_DIR or ./.byoc)."),
-]
-
-
-def _settings(data_dir: Path | None) -> Settings:
-    from byoc_platform.settings import Settings
-
-    try:
-        return Settings(data_dir=data_dir) if data_dir else Settings()
-    except Exception as exc:  # pydantic ValidationError names the bad setting
-        console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _connect(settings: Settings, wait_s: float):  # -> clickhouse_connect Client
@@ -80,7 +66,7 @@ def migrate(
     """
     from byoc_platform.warehouse_cluster import SchemaError, check_replicated, migrations_for
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir, console)
     statements = migrations_for(settings)
     if dry_run:
         typer.echo(";\n".join(s.strip() for s in statements) + ";")

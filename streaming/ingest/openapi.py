@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc_platform.api_errors import ERROR_BODY_SCHEMA
 from byoc_platform.settings import Settings
 from streaming.ingest.wire import MAX_FRACTIONAL, MAX_WHOLE
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
+_ERROR = ERROR_BODY_SCHEMA
 _GRAPHQL_ERRORS = {
     "type": "object",
     "required": ["errors"],
