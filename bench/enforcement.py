@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +78,17 @@ def quiet_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU time of a process so far (Linux /proc); with ``children``, plus that
+    of its running child processes (the ledger writer)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if children:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(int(child))
+    return total
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -504,19 +511,33 @@ async def consume_clients(
     seconds: float | None,
     body: dict[str, Any],
     stop_on_refusal: bool,
+    rate: float | None = None,
 ) -> tuple[list[float], dict[int, int]]:
+    """Closed loop (each client sends when answered), or with ``rate`` paced: the clients
+    together offer ``rate`` requests/s on fixed schedules (client n at offset n/rate), and a
+    latency counts from the request's scheduled time, so a late answer delays the next
+    request's start and that wait counts too (no coordinated omission)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.monotonic() + (seconds or 3600)
+    interval = None if rate is None else clients / rate
 
     async def client(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         seq = 0
+        due = time.perf_counter() + (0.0 if interval is None else interval * n / clients)
         try:
             while time.monotonic() < deadline:
                 seq += 1
                 payload = json.dumps({**body, "idempotencyKey": f"b-{n}-{seq}-{time.time_ns()}"})
-                t0 = time.perf_counter()
+                if interval is not None:
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                    t0 = due
+                    due += interval
+                else:
+                    t0 = time.perf_counter()
                 writer.write(_request(port, api_key, payload.encode()))
                 status = await _read_response(reader)
                 latencies.append((time.perf_counter() - t0) * 1000)
@@ -567,7 +588,13 @@ def grant(api: httpx.Client, customer: str, amount: float, resource: str | None 
 
 
 def consume_bench(
-    port: int, api_key: str, clients: int, seconds: float, exact: int
+    port: int,
+    api_key: str,
+    clients: int,
+    seconds: float,
+    exact: int,
+    rate: float,
+    cpu: Callable[[], float],
 ) -> dict[str, Any]:
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"X-API-KEY": api_key}, timeout=60
@@ -575,11 +602,22 @@ def consume_bench(
     # Throughput: one big wallet (customer-level credits of customer-acme).
     grant(api, CUSTOMER, 10**9)
     body = {"amount": 1, "currencyId": "credits", "customerId": CUSTOMER}
-    started = time.monotonic()
-    latencies, statuses = asyncio.run(
-        consume_clients(port, api_key, clients, seconds, body, stop_on_refusal=False)
-    )
-    elapsed = time.monotonic() - started
+    with quiet_gc():
+        cpu0 = cpu()
+        started = time.monotonic()
+        latencies, statuses = asyncio.run(
+            consume_clients(port, api_key, clients, seconds, body, stop_on_refusal=False)
+        )
+        elapsed = time.monotonic() - started
+        closed_cpu = cpu() - cpu0
+        # Paced: the same clients offering `rate` requests/s in all.
+        cpu0 = cpu()
+        started = time.monotonic()
+        paced, paced_statuses = asyncio.run(
+            consume_clients(port, api_key, clients, seconds, body, False, rate=rate)
+        )
+        paced_elapsed = time.monotonic() - started
+        paced_cpu = cpu() - cpu0
     ok = statuses.get(200, 0)
     # Overdraft: a wallet of exactly `exact` credits (team-support of customer-initech).
     grant(api, "customer-initech", exact, "team-support")
@@ -601,6 +639,15 @@ def consume_bench(
     ledger_used = check["data"]["currentUsage"]
     return {
         "consume_per_s": round(ok / elapsed, 1),
+        "consume_server_cpu_us_per_op": round(closed_cpu / sum(statuses.values()) * 1e6, 1),
+        "consume_paced_target_per_s": rate,
+        "consume_paced_per_s": round(paced_statuses.get(200, 0) / paced_elapsed, 1),
+        "consume_paced_p50_ms": round(pct(paced, 0.50), 2),
+        "consume_paced_p99_ms": round(pct(paced, 0.99), 2),
+        "consume_paced_non_200": sum(v for k, v in paced_statuses.items() if k != 200),
+        "consume_paced_server_cpu_us_per_op": round(
+            paced_cpu / max(1, sum(paced_statuses.values())) * 1e6, 1
+        ),
         "consume_p50_ms": round(pct(latencies, 0.50), 2),
         "consume_p99_ms": round(pct(latencies, 0.99), 2),
         "consume_requests": sum(statuses.values()),
@@ -620,6 +667,7 @@ def main() -> None:
     parser.add_argument("--engine-checks", type=int, default=200_000)
     parser.add_argument("--sdk-checks", type=int, default=3000)
     parser.add_argument("--consume-seconds", type=float, default=10.0)
+    parser.add_argument("--consume-rate", type=float, default=5000.0)
     parser.add_argument("--rest-seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--overdraft-wallet", type=int, default=2000)
@@ -664,7 +712,6 @@ def main() -> None:
             results["rest_check_server_cpu_us"] = round(
                 (cpu_seconds(server) - cpu0) / len(rest) * 1e6, 1
             )
-            cpu0 = cpu_seconds(server)
             results.update(
                 consume_bench(
                     stack.api_port,
@@ -672,11 +719,9 @@ def main() -> None:
                     args.clients,
                     args.consume_seconds,
                     args.overdraft_wallet,
+                    args.consume_rate,
+                    lambda: cpu_seconds(server, children=True),
                 )
-            )
-            ops = results["consume_requests"] + results["overdraft_wallet"] + args.clients
-            results["consume_server_cpu_us_per_op"] = round(
-                (cpu_seconds(server) - cpu0) / ops * 1e6, 1
             )
         finally:
             stack.stop()

@@ -190,12 +190,13 @@ class EnforcementComponent:
     def routes(self) -> list[BaseRoute]:
         e, c = self._entitlement_routes, self.credit_routes
         return [
+            # The hot routes first: Starlette tries the routes in order.
+            Route("/api/v1/credits/consumption", c.consume, methods=["POST"]),
             Route("/api/v1/customers/{customer_id}/entitlements/check", e.check, methods=["GET"]),
             Route("/api/v1/customers/{customer_id}/entitlements", e.list, methods=["GET"]),
             # One route per path, so a 405 (and OPTIONS) lists every method of the path.
             Route("/api/v1/credits/grants", c.grants, methods=["GET", "POST"]),
             Route("/api/v1/credits/grants/{grant_id}/void", c.void_grant, methods=["POST"]),
-            Route("/api/v1/credits/consumption", c.consume, methods=["POST"]),
             Route("/api/v1/credits/consumption/async", c.consume_async, methods=["POST"]),
             Route(
                 "/api/v1/credits/reservations/{reservation_id}/release",

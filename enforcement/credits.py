@@ -1,7 +1,9 @@
 """Credits on the enforcement side: the ledger (enforcement/ledger/) plus what checks need.
 
 - The ledger is the authority: every consumption, reservation, release, grant and void runs
-  through it (atomic, zero overdraft). Its calls block, so callers run them in threads.
+  through it (atomic, zero overdraft). Its calls block, so callers run them in threads;
+  consumptions from the REST routes go to the ledger's writer process instead (``submit``,
+  enforcement/ledger/writer.py: the same ledger code on the same database, on another core).
 - Checks must not do I/O, so this keeps a cache of every wallet's balance in memory: warmed
   from the ledger's wallets on start; a consumption or reservation made here updates it from
   the ledger's own result (``available_after``, no extra read) and marks the wallet for an
@@ -20,8 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 
@@ -31,6 +35,7 @@ from enforcement.counters import UsageCounters
 from enforcement.engine import WalletBalance
 from enforcement.ledger import Balance, Ledger, LedgerError, NotFound
 from enforcement.ledger import schema as ledger_schema
+from enforcement.ledger.writer import LedgerWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class CreditService:
         self.settings = settings
         self.counters = counters
         self._ledger: Ledger | None = None
+        self._writer: LedgerWriter | None = None
         self._balances: dict[WalletKey, WalletBalance] = {}
         self._dirty: set[WalletKey] = set()
         self._lock = threading.Lock()
@@ -66,15 +72,29 @@ class CreditService:
             raise RuntimeError("the credit ledger is not open")
         return self._ledger
 
-    def open(self) -> None:
+    def open(self, *, writer_process: bool = True) -> None:
         self._ledger = Ledger.from_settings(self.settings)
         self._ledger.create_schema()
+        if writer_process:
+            self._writer = LedgerWriter(self.settings.ledger.database_url)
+            self._writer.start()
         self.refresh_all(discover=True)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
+
+    def submit(self, op: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Queue a ledger operation without blocking (the writer process, else in-process);
+        ``callback(result, error)`` runs on another thread once it committed."""
+        if self._writer is not None:
+            self._writer.submit(op, callback)
+        else:
+            self.ledger.submit(op, callback)
 
     # --- the balance cache (read by checks) ---------------------------------------------
 
@@ -124,12 +144,15 @@ class CreditService:
             if current is None or available_after is None:
                 return current
             available = min(current.available, float(available_after))
-            updated = replace(
-                current,
-                available=available,
+            updated = WalletBalance(  # not dataclasses.replace: this runs per consumption
+                usage_limit=current.usage_limit,
                 current_usage=current.usage_limit - available,
                 reserved=current.reserved + held,
+                available=available,
+                any_grant=current.any_grant,
+                revoked=current.revoked,
                 updated_at=time.time(),
+                usage_period_end=current.usage_period_end,
             )
             self._balances[key] = updated
             return updated

@@ -30,7 +30,7 @@ from enforcement.ledger import InsufficientCredits, LedgerError
 from enforcement.ledger.reads import EVENT_TYPES
 from enforcement.periods import iso
 from enforcement.rest_entitlements import credit_body, json
-from enforcement.workers import Workers
+from enforcement.workers import LoopMailbox, Workers
 
 if TYPE_CHECKING:
     from enforcement.component import EnforcementComponent
@@ -122,8 +122,10 @@ def _consumption_args(item: object, where: str) -> dict[str, Any]:
 class CreditRoutes:
     def __init__(self, component: EnforcementComponent) -> None:
         self.c = component
-        # Enough threads for the ledger's group committer to batch 64 concurrent callers.
-        self._workers = Workers(64, "credits")
+        # Blocking work off the loop (grants, releases, refreshes). Consumptions do not use
+        # them: they are submitted to the ledger's committer and come back via the mailbox.
+        self._workers = Workers(16, "credits")
+        self._mailbox = LoopMailbox()
 
     @property
     def ledger(self) -> Any:
@@ -283,34 +285,49 @@ class CreditRoutes:
 
     # --- consumption ---------------------------------------------------------------------
 
-    def _consume(self, env: str, args: dict[str, Any]) -> tuple[Any, WalletBalance]:
-        consumption = self.ledger.consume(env, **args)
-        if not consumption.duplicate:
-            self.c.credits.count_spend(
+    async def _consumed(self, env: str, args: dict[str, Any]) -> tuple[Any, WalletBalance]:
+        """Run one consumption through the ledger without a thread per request: the ledger's
+        writer process runs it in its next batch (group commit) and the mailbox resolves the
+        future (one loop wake-up per batch). Then budgets and the balance cache, as every
+        spend does."""
+        op = self.ledger.consume_op(env, **args)
+        future, deliver = self._mailbox.future()
+        self.c.credits.submit(op, deliver)
+        consumption = await future
+        customer, currency, resource = args["customer_id"], args["currency_id"], args["resource_id"]
+        if not consumption.duplicate and self._budgets_apply(env, customer, currency):
+            await self._workers.run(
+                self.c.credits.count_spend,
                 env,
-                args["customer_id"],
-                args["resource_id"],
-                args["currency_id"],
+                customer,
+                resource,
+                currency,
                 float(consumption.amount),
             )
         wallet = self.c.credits.after_spend(
             env,
-            args["customer_id"],
-            args["currency_id"],
-            args["resource_id"],
+            customer,
+            currency,
+            resource,
             None if consumption.duplicate else consumption.available_after,
         )
         if wallet is None:  # a wallet the cache did not know yet
-            wallet = self._refresh(
-                env, args["customer_id"], args["currency_id"], args["resource_id"]
-            )
+            wallet = await self._workers.run(self._refresh, env, customer, currency, resource)
         return consumption, wallet
+
+    def _budgets_apply(self, env: str, customer_id: str, currency_id: str) -> bool:
+        """Whether a consumption counts toward a budget (UsageCounters.spend writes then)."""
+        budgets = self.c.state.env(env).budgets_by_customer.get(customer_id, ())
+        return any(b.currencyId == currency_id for b in budgets)
 
     async def consume(self, request: Request) -> Response:
         env = p.environment_of(request)
         args = _consumption_args(await p.json_object(request), "")
         self._known_wallet(env, args)
-        consumption, wallet = await self._run(self._consume, env, args)
+        try:
+            consumption, wallet = await self._consumed(env, args)
+        except LedgerError as exc:
+            raise api_error(exc) from None
         data = consumption.to_api()
         data["credit"] = credit_summary(wallet, args["currency_id"])
         return json({"data": {k: v for k, v in data.items() if v is not None}})
@@ -326,15 +343,15 @@ class CreditRoutes:
         for args in all_args:
             self._known_wallet(env, args)
 
-        def one(args: dict[str, Any]) -> tuple[str, Any]:
+        async def one(args: dict[str, Any]) -> tuple[str, Any]:
             try:
-                consumption, _ = self._consume(env, args)
+                consumption, _ = await self._consumed(env, args)
                 return ("duplicate" if consumption.duplicate else "consumed"), None
             except LedgerError as exc:
                 return "refused", exc
 
-        # Concurrently, so the ledger's group committer shares transactions between them.
-        outcomes = await asyncio.gather(*(self._workers.run(one, args) for args in all_args))
+        # All queued at once, so the ledger's committer shares transactions between them.
+        outcomes = await asyncio.gather(*(one(args) for args in all_args))
         refused = [
             {
                 "index": i,

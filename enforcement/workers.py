@@ -62,3 +62,42 @@ class Workers:
     def close(self) -> None:
         for _ in self._threads:
             self._queue.put(_STOP)
+
+
+class LoopMailbox:
+    """Results computed on other threads, delivered to the futures of ONE event loop with one
+    ``call_soon_threadsafe`` per burst: a committer finishing a batch of 60 operations wakes
+    the loop once, not 60 times (each wake-up is a self-pipe write and a loop iteration)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def future(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
+        """A future of the running loop, and the callback (for any thread) that resolves it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("a LoopMailbox serves one event loop")
+        future = loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            with self._lock:
+                self._items.append((future, result, error))
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(self._drain)
+
+        return future, deliver
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for future, result, error in items:
+            _resolve(future, result, error)

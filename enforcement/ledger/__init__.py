@@ -100,6 +100,7 @@ from enforcement.ledger.errors import (
     InvalidInput,
     InvariantViolation,
     LedgerError,
+    LedgerUnavailable,
     NotFound,
     ReservationAlreadyResolved,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerEvent",
+    "LedgerUnavailable",
     "NotFound",
     "Page",
     "Release",

@@ -40,6 +40,10 @@ class InsufficientCredits(LedgerError):
         self.available = available
         self.requested = requested
 
+    def __reduce__(self) -> tuple[object, ...]:  # picklable (the writer process sends it)
+        extra = {"available": self.available, "requested": self.requested}
+        return _rebuild, (type(self), str(self), extra)
+
 
 class IdempotencyConflict(LedgerError):
     """The same idempotency key / reservation id / grant id was reused with other values."""
@@ -65,9 +69,25 @@ class ReservationAlreadyResolved(LedgerError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild, (type(self), str(self), {"status": self.status})
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger could not answer (its writer process stopped, the database failed): the
+    operation may or may not have been applied; a retry with the same idempotency key is
+    safe."""
+
+    http_status = 503
+    code = "LEDGER_UNAVAILABLE"
+
 
 class InvariantViolation(LedgerError):
     """``check_invariants`` found the books inconsistent (a bug or tampering, never input)."""
 
     http_status = 500
     code = "LEDGER_INVARIANT_VIOLATION"
+
+
+def _rebuild(cls: type[LedgerError], message: str, extra: dict[str, object]) -> LedgerError:
+    return cls(message, **extra)  # type: ignore[call-arg]

@@ -340,6 +340,41 @@ class Ledger:
         ``duplicate=True``; with a different amount, currency or resource it is an
         IdempotencyConflict.
         """
+        op = self.consume_op(
+            environment,
+            customer_id,
+            currency_id,
+            amount,
+            idempotency_key,
+            resource_id,
+            now=now,
+            created_at=created_at,
+            dimensions=dimensions,
+            feature_id=feature_id,
+        )
+        return self._committer.run(op)
+
+    def submit(self, op: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Queue an operation (e.g. from :meth:`consume_op`) without blocking: ``callback``
+        gets ``(result, None)`` or ``(None, error)`` on the committing thread once its
+        transaction committed. For event loops; see commit.py."""
+        self._committer.submit(op, callback)
+
+    def consume_op(
+        self,
+        environment: str,
+        customer_id: str,
+        currency_id: str,
+        amount: int | float | str | Any,
+        idempotency_key: str,
+        resource_id: str | None = None,
+        *,
+        now: datetime | None = None,
+        created_at: datetime | str | None = None,
+        dimensions: Mapping[str, str | int | float | bool] | None = None,
+        feature_id: str | None = None,
+    ) -> ConsumeOp:
+        """The operation :meth:`consume` runs, validated (InvalidInput/InvalidAmount here)."""
         env = _ident(environment, "environment")
         customer = _ident(customer_id, "customerId")
         currency = _ident(currency_id, "currencyId")
@@ -359,7 +394,7 @@ class Ledger:
             feature_id=None if feature_id is None else _ident(feature_id, "featureId"),
             dimensions=_json_map(dimensions, "dimensions", strings=False),
         )
-        return self._committer.run(op)
+        return op
 
     # --- reservations ----------------------------------------------------------------------
 

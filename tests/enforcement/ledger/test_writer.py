@@ -1,0 +1,207 @@
+"""The ledger's writer process (enforcement/ledger/writer.py): the same results as the ledger
+in-process, zero overdraft with the in-process committer writing the same wallet at the same
+time, refusals that keep their details across the pipe, and a child that dies: its unanswered
+operations fail as retryable, the next submission starts a new child, nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from enforcement.ledger import (
+    IdempotencyConflict,
+    InsufficientCredits,
+    Ledger,
+    LedgerUnavailable,
+    ReservationAlreadyResolved,
+)
+from enforcement.ledger.writer import LedgerWriter
+from tests.enforcement.ledger.conftest import T0
+from tests.enforcement.ledger.helpers import CURRENCY, CUSTOMER, ENV, available, consume, grant
+
+
+class Results:
+    """Callbacks of submitted operations, awaited from the test thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = threading.Condition(self.lock)
+        self.items: dict[str, tuple[Any, BaseException | None]] = {}
+
+    def callback(self, name: str):  # type: ignore[no-untyped-def]
+        def deliver(result: Any, error: BaseException | None) -> None:
+            with self.lock:
+                self.items[name] = (result, error)
+                self.done.notify_all()
+
+        return deliver
+
+    def wait(self, count: int, timeout: float = 60.0) -> dict[str, tuple[Any, Any]]:
+        with self.lock:
+            assert self.done.wait_for(lambda: len(self.items) >= count, timeout), self.items
+            return dict(self.items)
+
+
+def url_of(ledger: Ledger) -> str:
+    return ledger.engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def writer(ledger: Ledger) -> Any:
+    w = LedgerWriter(url_of(ledger))
+    w.start()
+    yield w
+    w.close()
+
+
+def op(ledger: Ledger, amount: Any, key: str, **kw: Any) -> Any:
+    return ledger.consume_op(ENV, CUSTOMER, CURRENCY, amount, key, now=T0, **kw)
+
+
+def test_writer_results_are_the_ledgers(ledger: Ledger, writer: LedgerWriter) -> None:
+    grant(ledger, "g", 10)
+    results = Results()
+    writer.submit(op(ledger, 3, "a"), results.callback("a"))
+    writer.submit(op(ledger, 3, "a"), results.callback("a-again"))
+    writer.submit(op(ledger, 4, "a"), results.callback("a-other"))
+    writer.submit(op(ledger, 100, "b"), results.callback("b"))
+    got = results.wait(4)
+    first, error = got["a"]
+    assert error is None and first.amount == Decimal(3) and first.duplicate is False
+    assert first.available_after == Decimal(7)
+    again, error = got["a-again"]
+    assert error is None and again.duplicate is True and again.amount == Decimal(3)
+    assert isinstance(got["a-other"][1], IdempotencyConflict)
+    refused = got["b"][1]
+    assert isinstance(refused, InsufficientCredits)
+    assert refused.available == Decimal(7) and refused.requested == Decimal(100)
+    assert available(ledger) == Decimal(7)
+    # The in-process ledger sees the same consumption (same database, same key).
+    assert consume(ledger, 3, "a").duplicate is True
+
+
+def test_refusals_keep_their_details_through_pickle() -> None:
+    insufficient = InsufficientCredits("no", available=Decimal(1), requested=Decimal(2))
+    copy = pickle.loads(pickle.dumps(insufficient))
+    assert (str(copy), copy.available, copy.requested) == ("no", Decimal(1), Decimal(2))
+    resolved = pickle.loads(pickle.dumps(ReservationAlreadyResolved("r", status="EXPIRED")))
+    assert resolved.status == "EXPIRED" and resolved.http_status == 409
+    assert LedgerUnavailable("x").http_status == 503
+
+
+def test_no_overdraft_with_the_writer_and_the_ledger_spending_one_wallet(
+    ledger: Ledger, writer: LedgerWriter
+) -> None:
+    """Two committers (the child and this process) and 200 spenders on a wallet of 150."""
+    grant(ledger, "g1", 100)
+    grant(ledger, "g2", 50, priority=10)
+    results = Results()
+    for n in range(100):
+        writer.submit(op(ledger, 1, f"w{n}"), results.callback(f"w{n}"))
+    inline_ok: list[str] = []
+
+    def spend(n: int) -> None:
+        try:
+            consume(ledger, 1, f"i{n}")
+            inline_ok.append(f"i{n}")
+        except InsufficientCredits:
+            pass
+
+    threads = [threading.Thread(target=spend, args=(n,)) for n in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = results.wait(100)
+    writer_ok = [k for k, (_, e) in got.items() if e is None]
+    assert all(isinstance(e, InsufficientCredits) for _, e in got.values() if e is not None)
+    assert len(writer_ok) + len(inline_ok) == 150
+    assert available(ledger) == 0
+
+
+def test_a_dead_writer_fails_what_it_had_and_a_new_one_takes_over(
+    ledger: Ledger, writer: LedgerWriter
+) -> None:
+    grant(ledger, "g", 1000)
+    results = Results()
+    writer.submit(op(ledger, 1, "before"), results.callback("before"))
+    results.wait(1)
+    child = writer._proc
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)  # it cannot answer what comes now
+    try:
+        for n in range(5):
+            writer.submit(op(ledger, 1, f"lost{n}"), results.callback(f"lost{n}"))
+        time.sleep(0.3)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGCONT)
+    got = results.wait(6)
+    for n in range(5):
+        assert isinstance(got[f"lost{n}"][1], LedgerUnavailable)
+    # The next submission starts a new child; a retry with the same key is safe.
+    for n in range(5):
+        writer.submit(op(ledger, 1, f"lost{n}"), results.callback(f"retry{n}"))
+    got = results.wait(11)
+    assert all(got[f"retry{n}"][1] is None for n in range(5))
+    assert writer._proc is not None and writer._proc.pid != child.pid
+    assert available(ledger) == Decimal(1000 - 6)  # "before" + five, each once
+
+
+def test_close_finishes_what_was_submitted(ledger: Ledger) -> None:
+    grant(ledger, "g", 100)
+    writer = LedgerWriter(url_of(ledger))
+    results = Results()
+    for n in range(20):
+        writer.submit(op(ledger, 1, f"k{n}"), results.callback(f"k{n}"))
+    writer.close()
+    got = results.wait(20, timeout=5)
+    assert all(error is None for _, error in got.values())
+    assert available(ledger) == Decimal(80)
+    with pytest.raises(LedgerUnavailable):
+        writer.submit(op(ledger, 1, "late"), results.callback("late"))
+
+
+def test_in_process_submit_shares_batches_with_blocking_callers(ledger: Ledger) -> None:
+    """Ledger.submit (no writer process): the committer's driver thread leads submitted
+    operations, blocking callers lead their own, leadership passes both ways, and the wallet
+    is spent exactly once per key."""
+    grant(ledger, "g", 300)
+    results = Results()
+    blocking_ok: list[str] = []
+
+    def spend(n: int) -> None:
+        for i in range(10):
+            try:
+                consume(ledger, 1, f"t{n}-{i}")
+                blocking_ok.append(f"t{n}-{i}")
+            except InsufficientCredits:
+                return
+
+    threads = [threading.Thread(target=spend, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for n in range(200):
+        ledger.submit(op(ledger, 1, f"s{n}"), results.callback(f"s{n}"))
+    for t in threads:
+        t.join()
+    got = results.wait(200)
+    submitted_ok = [k for k, (_, e) in got.items() if e is None]
+    assert all(isinstance(e, InsufficientCredits) for _, e in got.values() if e is not None)
+    assert len(submitted_ok) + len(blocking_ok) == 300
+    assert available(ledger) == 0
+    assert len(submitted_ok) >= 100  # the blocking callers try at most 200
+    # A duplicate submitted later answers the first consumption.
+    again = Results()
+    ledger.submit(op(ledger, 1, submitted_ok[0]), again.callback("dup"))
+    assert again.wait(1)["dup"][0].duplicate is True
