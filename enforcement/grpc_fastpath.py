@@ -16,14 +16,14 @@ Two layers, each falling back to the one below for anything it does not handle:
    those bytes opens a stream that h2 never sees: its DATA is collected, and when it ends the
    answer is written as pre-encoded frames (HEADERS ``:status 200`` + ``content-type``, DATA,
    trailers ``grpc-status: 0``; literal header fields without indexing, so no HPACK state is
-   involved on either side). Whenever h2 is given any other header block (which may change
-   its decoder's table), the remembered blocks are forgotten, so a remembered block always
-   means what it meant when h2 decoded it. Frames of streams h2 does not know (late
-   WINDOW_UPDATE, RST_STREAM, PRIORITY) are consumed here. Flow control is kept exactly:
-   answer DATA waits for the connection window (h2's own counter, decremented by what is sent
-   here) and the stream's window; request DATA received here is given back with connection
-   WINDOW_UPDATEs. Everything else (other RPCs, SETTINGS, PING, GOAWAY, connection
-   WINDOW_UPDATE) goes to h2 in arrival order.
+   involved on either side). Whenever h2 is given a header block that may change its
+   decoder's table (anything but indexed fields), the remembered blocks are forgotten, so a
+   remembered block always means what it meant when h2 decoded it. Frames of streams h2
+   does not know (late WINDOW_UPDATE, RST_STREAM, PRIORITY) are consumed here. Flow control
+   is kept exactly: answer DATA waits for the connection window (h2's own counter,
+   decremented by what is sent here) and the stream's window; request DATA received here is
+   given back with connection WINDOW_UPDATEs. Everything else (other RPCs, SETTINGS, PING,
+   GOAWAY, connection WINDOW_UPDATE) goes to h2 in arrival order.
 2. Event path (:class:`_FastEvents`): a check whose headers h2 decoded (the first of each
    method, or while the client's table changes) is answered synchronously from h2's events,
    through h2 (no task, no grpclib Stream); every other request goes to grpclib as before.
@@ -381,8 +381,10 @@ class _FastProtocol(H2Protocol):
             block = bytes(buffer[block_start:end])
             target = self._blocks.get(block)
             if target is None or stream_id <= self.h2c.highest_inbound_stream_id:
-                # h2 decodes it (which may change its table): learned in learned().
-                self._blocks.clear()
+                # h2 decodes it; a block that may change h2's table (anything but indexed
+                # fields) makes every remembered block stale. Learned in learned().
+                if not indexed_only(block):
+                    self._blocks.clear()
                 self._learning[stream_id] = block
                 return False
             self._calls[stream_id] = _Call(target)

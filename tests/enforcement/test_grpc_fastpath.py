@@ -447,3 +447,24 @@ def test_a_header_block_is_forgotten_when_the_client_table_changes(runtime: Runt
         assert pb.GetBooleanEntitlementResponse().parse(data[5:]) == expected
     finally:
         conn.close()
+
+
+def test_checks_of_several_methods_interleaved_are_all_routed(
+    runtime: Runtime, client: H2Client
+) -> None:
+    boolean = grpc_frame(
+        bytes(pb.GetBooleanEntitlementRequest(customer_id="c-pro", feature_id="f-sso"))
+    )
+    for _ in range(2):  # each method's headers indexed, then learned
+        client.roundtrip(BODY)
+        sid = client.start(boolean, path=SERVICE + "GetBooleanEntitlement")
+        client.send()
+        client.answer(sid)
+    routed_before, _ = stats(runtime)
+    for _ in range(10):
+        assert metered(client.roundtrip(BODY)).has_access
+        sid = client.start(boolean, path=SERVICE + "GetBooleanEntitlement")
+        client.send()
+        answer = client.answer(sid)
+        assert pb.GetBooleanEntitlementResponse().parse(answer["data"][5:]).has_access
+    assert stats(runtime)[0] - routed_before == 20
