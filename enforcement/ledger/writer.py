@@ -161,8 +161,13 @@ def serve(url: str, synchronous: str = "FULL") -> None:
                     log.exception("ledger writer batch failed")
             data = _answers_frame(answers)
             view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
+            try:
+                while view:
+                    view = view[os.write(out, view) :]
+            except BrokenPipeError:
+                # The parent is gone (e.g. killed): what this batch applied is committed, and
+                # its clients retry with the same keys. Nothing more will be asked.
+                return
     finally:
         ledger.close()
 

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -205,3 +206,52 @@ def test_in_process_submit_shares_batches_with_blocking_callers(ledger: Ledger) 
     again = Results()
     ledger.submit(op(ledger, 1, submitted_ok[0]), again.callback("dup"))
     assert again.wait(1)["dup"][0].duplicate is True
+
+
+PARENT = """
+import sys, time
+from enforcement.ledger import Ledger
+from enforcement.ledger.writer import LedgerWriter
+url = sys.argv[1]
+writer = LedgerWriter(url)
+writer.start()
+print(writer._proc.pid, flush=True)
+ledger = Ledger.from_url(url)
+for i in range(1_000_000):
+    writer.submit(ledger.consume_op("production", "customer-1", "credits", 1, f"p{i}"),
+                  lambda r, e: None)
+    if i % 200 == 0:
+        time.sleep(0.005)
+"""
+
+
+def test_the_writer_exits_when_its_parent_is_killed(sqlite_only: Ledger) -> None:
+    """A runtime killed with SIGKILL leaves no writer behind: the child sees its stdin close,
+    finishes (or drops) its batch and exits; what it committed stays consistent."""
+    import subprocess
+    import sys
+
+    grant(sqlite_only, "g", 10**6)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, url_of(sqlite_only)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 20
+    while available(sqlite_only) == 10**6:  # it is consuming
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{child}").exists():
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":  # exited; waiting for init to reap it
+            break
+        assert time.monotonic() < deadline, "the writer outlived its parent"
+        time.sleep(0.05)
+    spent = 10**6 - available(sqlite_only)
+    assert spent > 0  # the invariants are checked by the fixture
