@@ -147,7 +147,7 @@ def test_two_runtime_processes_never_overdraw_one_wallet(
                 http.post(
                     "/api/v1/credits/grants",
                     json={
-                        "amount": wallet,
+                        "amount": wallet + 2,  # + one warm-up consumption per process
                         "currencyId": "credits",
                         "customerId": "c-nosub",
                         "displayName": "shared",
@@ -156,6 +156,21 @@ def test_two_runtime_processes_never_overdraw_one_wallet(
                 ).status_code
                 == 200
             )
+        # Warm-up: each process's first consumption starts its ledger writer; without it one
+        # process could drain the wallet before the other has started.
+        for _, url, key in (a, b):
+            warm = httpx.post(
+                f"{url}/api/v1/credits/consumption",
+                headers={"X-API-KEY": key},
+                json={
+                    "amount": 1,
+                    "currencyId": "credits",
+                    "customerId": "c-nosub",
+                    "idempotencyKey": uuid.uuid4().hex,
+                },
+                timeout=60,
+            )
+            assert warm.status_code == 200, warm.text
         ok: list[str] = []
         refusals: list[str] = []
         lock = threading.Lock()
@@ -196,7 +211,7 @@ def test_two_runtime_processes_never_overdraw_one_wallet(
         ledger = Ledger.from_url(ledger_url)
         try:
             balance = ledger.balance("development", "c-nosub", "credits")
-            assert balance.available == 0 and balance.consumed == wallet
+            assert balance.available == 0 and balance.consumed == wallet + 2
             ledger.check_invariants()
         finally:
             ledger.close()
