@@ -29,24 +29,14 @@ import pyarrow.parquet as pq
 from assets.archive.encryption import ArchiveCrypto
 from assets.partitions import ch_time
 from assets.rollups.compute import FINAL_SETTINGS
+from byoc_platform.warehouse_schema import USAGE_EVENTS_COLUMNS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = [
-    "environment",
-    "customer_id",
-    "resource_id",
-    "event_name",
-    "idempotency_key",
-    "event_time",
-    "ingest_time",
-    "labels",
-    "values",
-    "dimensions",
-]
+EVENT_COLUMNS = list(USAGE_EVENTS_COLUMNS)  # the archive's columns are the table's, in order
 PREFIX = "events/"
 
 
