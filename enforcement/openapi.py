@@ -7,19 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc_platform.api_errors import ERROR_BODY_SCHEMA
 from enforcement import rest_params as p
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
+_ERROR = ERROR_BODY_SCHEMA
 # Identifiers: 1-255 characters, no control characters (rest_params.identifier).
 _ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\u0000-\\u001f]+$"}
 _CURSOR = {"type": "string", "pattern": f"^[0-9]{{1,{p.MAX_CURSOR_DIGITS}}}$"}
