@@ -23,13 +23,16 @@ def kafka_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    # acks=all + idempotence: an acknowledged record is durable and never duplicated by
-    # producer retries within one session (DESIGN.md §8: idempotence is per session only).
+    # acks=all: an acknowledged record is durable. Idempotence (no duplicates from retries
+    # within one session) only where the broker implements it safely: see
+    # settings.kafka.idempotent_producer; duplicates are absorbed by dedup either way.
     return kafka_config(
         settings,
         **{
             "acks": "all",
-            "enable.idempotence": True,
+            "enable.idempotence": settings.kafka.idempotent_producer,
+            # Without idempotence, one request in flight keeps retried batches in order.
+            "max.in.flight.requests.per.connection": 5 if settings.kafka.idempotent_producer else 1,
             "linger.ms": 2,
             "compression.type": "lz4",
             "message.timeout.ms": 30_000,

@@ -55,6 +55,14 @@ class KafkaSettings(BaseModel):
     # Tansu storage: "s3" (durable, default) or "memory" (fast unit tests only).
     storage: Literal["s3", "memory"] = "s3"
     storage_bucket: str = "tansu"
+    # Idempotent producers. Off by default because the embedded broker's idempotence loses
+    # acknowledged records: Tansu 0.6.0 advances a producer's sequence BEFORE the batch is
+    # durable, so when S3 fails between the two, the retried batch is answered
+    # DUPLICATE_SEQUENCE_NUMBER and librdkafka reports it delivered although it was never
+    # written (finding F10, docs/reliability.md; tests/faults/test_broker_acknowledgements.py).
+    # Off, a retry may store a record twice, which the idempotency-key dedup absorbs. Turn it
+    # on for Apache Kafka (deploy/: BYOC_KAFKA__IDEMPOTENT_PRODUCER=true).
+    idempotent_producer: bool = False
 
 
 class ClickHouseSettings(BaseModel):
