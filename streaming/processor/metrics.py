@@ -46,6 +46,11 @@ class ProcessorMetrics:
         self.write_retries = Counter(
             "byoc_stream_write_retries", "Retried ClickHouse inserts", ["table"], registry=r
         )
+        self.offset_gaps = Counter(
+            "byoc_stream_offset_gaps",
+            "Records that arrived past the next expected offset (re-fetched once from it)",
+            registry=r,
+        )
         self.fenced = Counter(
             "byoc_stream_fenced_partitions",
             "Partitions found owned by another instance at checkpoint time",

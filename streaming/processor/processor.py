@@ -18,6 +18,11 @@ Flushes are adaptive: every ``flush_interval_ms`` unless a flush is already wait
 writer (then the core keeps accumulating, so a slow warehouse gets fewer, bigger blocks), and at
 the latest after ``max_batch`` events.
 
+Offsets arrive in sequence or not at all: a record past the partition's next expected offset
+(a record fetched before a rebalance and handed out after it, or a hole the broker left when a
+write failed half-way) is not processed; the partition is re-fetched from the expected offset
+once, and only a gap that is still there after that re-fetch is accepted as a hole.
+
 Rebalances (eager protocol): on revoke, the revoked partitions are flushed and the writer drained
 (their checkpoints committed) before the partitions are released; on assign, the writer is
 drained first, then each partition is claimed (fencing any previous owner) and restored.
@@ -110,6 +115,9 @@ class StreamProcessor:
         self._received_at: dict[int, int] = {}  # newest receivedAt processed
         self._checkpointed: dict[int, int | None] = {}
         self._counters_seen: dict[int, Counters] = {}
+        self._expect: dict[int, int] = {}  # next offset to take (processed or held)
+        self._refetch: dict[int, tuple[int, int]] = {}  # partition -> (offset, in batch no.)
+        self._batch_no = 0  # consume() calls so far
         self._events_since_flush = 0
         self._ch_ping: tuple[float, bool] = (0.0, False)
 
@@ -178,6 +186,7 @@ class StreamProcessor:
                 # waiting, keep consuming in short slices instead of spinning.
                 timeout = min(max(next_flush - now, BUSY_WRITER_POLL_S), IDLE_POLL_S)
                 messages = consumer.consume(CONSUME_BATCH, timeout)
+                self._batch_no += 1
                 self.last_loop = time.monotonic()
                 for message in messages:
                     self._handle(message)
@@ -226,11 +235,13 @@ class StreamProcessor:
         engine = self.engine.partitions.get(partition)
         if engine is None:  # fenced and not re-assigned yet: not ours
             return
+        offset = message.offset()
+        if not self._in_sequence(partition, offset):
+            return
         held = self._held.get(partition)
         if held is not None:
             held.append(message)
             return
-        offset = message.offset()
         fence = self._fences.get(partition)
         if fence is not None and offset > fence.last:
             # Past the crashed run's boundary: hold it until that flush is cut again.
@@ -258,6 +269,53 @@ class StreamProcessor:
                 self._accepted.setdefault(partition, []).append(
                     Accepted(key, message.value() if whole else None, batch.receivedAt, accepted)
                 )
+
+    def _in_sequence(self, partition: int, offset: int) -> bool:
+        """Whether to take this record: it is the expected offset (or one the engine skips as
+        covered), or a gap that a re-fetch from the expected offset confirmed."""
+        expected = self._expect.get(partition)
+        if expected is None or offset <= expected:
+            self._refetch.pop(partition, None)
+            if expected is None or offset == expected:
+                self._expect[partition] = offset + 1
+            return True
+        refetch = self._refetch.get(partition)
+        if refetch is None or refetch[0] != expected:
+            self.metrics.offset_gaps.inc()
+            log.warning(
+                "partition %d: offset %d arrived, %d expected; fetching again from %d",
+                partition,
+                offset,
+                expected,
+                expected,
+            )
+            if self._seek(partition, expected):
+                self._refetch[partition] = (expected, self._batch_no)
+                return False
+        elif refetch[1] == self._batch_no:
+            return False  # the rest of the batch fetched before the seek
+        else:
+            log.warning(
+                "partition %d: offsets %d-%d are not in the log (a write the broker left "
+                "unfinished); continuing at %d",
+                partition,
+                expected,
+                offset - 1,
+                offset,
+            )
+        self._refetch.pop(partition, None)
+        self._expect[partition] = offset + 1
+        return True
+
+    def _seek(self, partition: int, offset: int) -> bool:
+        from confluent_kafka import TopicPartition
+
+        try:
+            self._consumer.seek(TopicPartition(self.topic, partition, offset))
+            return True
+        except Exception as exc:  # e.g. not fetching yet: take the record rather than stall
+            log.warning("partition %d: seek to %d failed (%s)", partition, offset, exc)
+            return False
 
     def _release_fences(self, force: bool = False) -> None:
         """Re-cut each crashed flush once all its partitions here reached their boundaries.
@@ -375,6 +433,8 @@ class StreamProcessor:
             restored = self.store.claim(p)
             self.engine.assign(p, restored.state, restored.dedup)
             self._checkpointed[p] = restored.next_offset
+            if restored.next_offset is not None:
+                self._expect[p] = restored.next_offset
             self._counters_seen[p] = Counters()
             tp.offset = (
                 restored.next_offset if restored.next_offset is not None else OFFSET_BEGINNING
@@ -423,6 +483,8 @@ class StreamProcessor:
         self._batch_start.pop(partition, None)
         self._received_at.pop(partition, None)
         self._checkpointed.pop(partition, None)
+        self._expect.pop(partition, None)
+        self._refetch.pop(partition, None)
         self._counters_seen.pop(partition, None)
         self.metrics.forget_partition(partition)
         self.metrics.assigned.set(len(self.engine.partitions))
