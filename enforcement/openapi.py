@@ -468,7 +468,9 @@ def openapi_paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_data(GRANT), "The grant"),
                     **_errors(
-                        ("404", "Unknown customer, resource or currency"), ("413", "Body too large")
+                        ("404", "Unknown customer, resource or currency"),
+                        ("413", "Body too large"),
+                        ("415", "Content-Type is not application/json"),
                     ),
                 },
             },
@@ -537,6 +539,7 @@ def openapi_paths() -> dict[str, Any]:
                         ("404", "Unknown customer, resource or currency"),
                         ("409", "idempotencyKey reused with other values"),
                         ("413", "Body too large"),
+                        ("415", "Content-Type is not application/json"),
                     ),
                 },
             }
@@ -576,7 +579,9 @@ def openapi_paths() -> dict[str, Any]:
                         "Counts of consumed, duplicate and refused items",
                     ),
                     **_errors(
-                        ("404", "Unknown customer, resource or currency"), ("413", "Body too large")
+                        ("404", "Unknown customer, resource or currency"),
+                        ("413", "Body too large"),
+                        ("415", "Content-Type is not application/json"),
                     ),
                 },
             }
@@ -621,6 +626,7 @@ def openapi_paths() -> dict[str, Any]:
                         ("404", "Unknown reservation (for this customer/currency)"),
                         ("409", "Already released or expired"),
                         ("413", "Body too large"),
+                        ("415", "Content-Type is not application/json"),
                     ),
                 },
             }

@@ -12,6 +12,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from byoc_platform.api_errors import ApiError
+from byoc_platform.content_type import require_json
 
 MAX_ID = 255
 _CONTROL = re.compile("[\x00-\x1f]")  # refused in ids (a regex: ~20x faster than a loop)
@@ -242,6 +243,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 async def json_object(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    require_json(request.headers)  # 415 before the body is read
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body is larger than {max_bytes} bytes", retryable=False)

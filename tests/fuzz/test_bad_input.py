@@ -213,6 +213,11 @@ def test_a_body_not_declared_json_is_415(
     bodies = {
         "/api/v1/events": {"events": [event(mark)]},
         "/api/v2/usage": {"usages": [{"customerId": mark, "featureId": "f", "value": 1}]},
+        # Enforcement: refused before the body is read, so its content does not matter.
+        "/api/v1/credits/grants": {"customerId": mark},
+        "/api/v1/credits/consumption": {"customerId": mark},
+        "/api/v1/credits/consumption/async": {"customerId": mark},
+        "/api/v1/credits/reservations/r-1/release": {"customerId": mark},
     }
     with httpx.Client(base_url=fuzz_api.url, headers=headers, timeout=30) as raw:
         for path, body in bodies.items():
