@@ -52,7 +52,7 @@ test: install lint  ## install, lint, then run the whole test suite
 
 # Not in `make test` yet: it fails on finding F9 (docs/reliability.md) in some runs.
 faults: install  ## the fault test: SIGKILL every component 3x under load, exact reconciliation
-	.venv/bin/pytest -s tests/faults/kill_components_under_load.py
+	.venv/bin/pytest -s tests/faults/test_kill_components_under_load.py
 
 clean:  ## remove the local stack's data directory (.byoc) — all local data!
 	rm -rf .byoc

@@ -1,5 +1,5 @@
-"""The fault run as a pytest test (`make faults`; named so that `make test` does not collect
-it while finding F9 of docs/reliability.md is open): the local stack under load from the
+"""The fault run as a pytest test (part of `make test`; `make faults` runs it alone): the
+local stack under load from the
 official `stigg` SDK while the API, the stream processor, the broker, the S3 server and the
 warehouse are each SIGKILLed `BYOC_FAULT_ROUNDS` times (default 3) at seeded random moments;
 then an exact reconciliation.
