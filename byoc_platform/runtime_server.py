@@ -285,6 +285,8 @@ def serve(settings: Settings, role: str = "all") -> None:
         http=header_timeout_protocol(settings.api.header_timeout_s),
         log_config=None,
         access_log=False,
+        # Nothing reads the client address, so no X-Forwarded-* rewriting layer per request.
+        proxy_headers=False,
         # An upper bound only: stalled bodies end at once when shutdown starts (see
         # DrainingServer), so this waits for requests with complete bodies, which are
         # answered within produce_timeout_s.
