@@ -39,8 +39,6 @@ RETRY_AFTER_S = 1.0
 POLL_INTERVAL_S = 0.05
 LOG_INTERVAL_S = 10.0
 NOT_PRODUCED = "not produced"
-# Errors after which this producer's idempotence state is unusable (Tansu fences the old
-# producer id after a restart): a fresh producer (new InitProducerId) is needed.
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +247,11 @@ class DurableProducer:
         deadline = time.monotonic() + self.timeout_s
         error = await self._send_once(records, deadline)
         if error is not None and self._unusable(error) and await self._replaced(deadline):
-            # After a broker restart Tansu fences the producer id: the broker refused the write
-            # (or it was purged with the fenced producer) and the poll thread has put a new
-            # producer in place, so send once more rather than answer 503 (a partly written
-            # request resent is deduplicated downstream by its idempotency keys).
+            # A fatal or fenced producer (Tansu fences an idempotent producer's id after a
+            # broker restart; kafka.idempotent_producer): the broker refused the write (or it
+            # was purged with the old producer) and the poll thread has put a new producer in
+            # place, so send once more rather than answer 503 (a partly written request
+            # resent is deduplicated downstream by its idempotency keys).
             log.info("resending %d records with the replacement producer", len(records))
             error = await self._send_once(records, deadline)
         if error is not None:

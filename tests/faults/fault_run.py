@@ -215,7 +215,7 @@ def run(
         # (a client may give up on a request that still got in), each once. Not the stored
         # rows alone: an event lost from usage_events but counted elsewhere would then read
         # as counted twice (finding F9's first reading).
-        truth = ledger.acked | (set(stored.rows) & set(ledger.sent))
+        truth = ledger.acked | unacked_stored
         unique_events = [ledger.sent[k] for k in sorted(truth)]
         if lost:
             say(rc.diagnose_lost(settings, lost))
