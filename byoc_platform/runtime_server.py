@@ -21,11 +21,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from byoc_platform.api_errors import ERROR_BODY_SCHEMA, UNAUTHENTICATED, ApiError, error_response
 from byoc_platform.auth import KeyStore
+from byoc_platform.lean_http import lean_protocol
 from byoc_platform.plugins import RuntimeComponent, RuntimeContext, runtime_factories
 from byoc_platform.request_timeouts import (
     BodyReads,
@@ -45,6 +46,23 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status_code=status, media_type="application/json")
 
 
+def authenticate(keys: KeyStore, scope: Scope) -> bool:
+    """Whether an HTTP request may proceed: a public path, or an X-API-KEY whose environment
+    is then in ``scope["state"]["environment"]``."""
+    if scope["path"] in PUBLIC_PATHS:
+        return True
+    key = None
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            key = value.decode("latin-1")
+            break
+    environment = keys.environment_of(key)
+    if environment is None:
+        return False
+    scope.setdefault("state", {})["environment"] = environment
+    return True
+
+
 class AuthMiddleware:
     """Resolves X-API-KEY to an environment; 401 for anything but the public paths."""
 
@@ -53,27 +71,16 @@ class AuthMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or authenticate(self.keys, scope):
             await self.app(scope, receive, send)
             return
-        key = None
-        for name, value in scope["headers"]:
-            if name == b"x-api-key":
-                key = value.decode("latin-1")
-                break
-        environment = self.keys.environment_of(key)
-        if environment is None:
-            await UNAUTHENTICATED.response()(scope, receive, send)
-            return
-        scope.setdefault("state", {})["environment"] = environment
-        await self.app(scope, receive, send)
+        await UNAUTHENTICATED.response()(scope, receive, send)
 
 
-class MetricsMiddleware:
-    """Counts requests and their latency by route template and status."""
+class HttpMetrics:
+    """Requests and their latency by route template ("unmatched" without one) and status."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "byoc_http_requests_total", "HTTP requests", ["path", "status"], registry=registry
         )
@@ -84,6 +91,19 @@ class MetricsMiddleware:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+
+    def observe(self, route: Any, status: int, seconds: float) -> None:
+        path = getattr(route, "path", "unmatched")
+        self.requests.labels(path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts every request the ASGI stack answers (see HttpMetrics)."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,10 +120,94 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.requests.labels(path, str(status[0])).inc()
-            self.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.observe(scope.get("route"), status[0], time.perf_counter() - started)
+
+
+def error_answer(request: Request, exc: Exception) -> Response:
+    """The answer to an exception a route raised (the ASGI stack and the lean path alike)."""
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, HTTPException):
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. `Allow` on 405
+        return response
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "Internal error")
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return error_answer(request, exc)
+
+
+class LeanRoutes:
+    """What the lean HTTP path (lean_http.py) may answer, and its answers.
+
+    A request it takes gets exactly what the ASGI stack would give it: the same routing (the
+    first route that matches fully, in order), authentication, route function, error answers
+    and metrics. It takes only requests whose route is a plain async ``Route`` function
+    (Starlette's ``request_response``, no route middleware or body limit) and not HEAD; every
+    other request (404, 405, HEAD, ...) is left to the ASGI stack."""
+
+    def __init__(self, app: Starlette, keys: KeyStore, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics = metrics
+        self.routes = [
+            (r, r.path_regex.match, _lean(r)) for r in app.routes if isinstance(r, Route)
+        ]
+        self.complete = len(self.routes) == len(app.routes)
+
+    def match(self, scope: Scope) -> tuple[Route, dict[str, Any]] | None:
+        """The route a request goes to, if the lean path serves it."""
+        if scope["method"] == "HEAD" or scope["root_path"] or not self.complete:
+            return None
+        path = scope["path"]
+        for route, quick, lean in self.routes:
+            if quick(path) is None:
+                continue
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return (route, child_scope) if lean else None
+        return None
+
+    async def answer(self, scope: Scope, route: Route, child_scope: Scope, body: bytes) -> Response:
+        """The route's response to a request whose ``body`` is complete (never raises)."""
+        started = time.perf_counter()
+        matched: Route | None = None
+        response: Response | None = None
+        try:
+            if not authenticate(self.keys, scope):
+                response = UNAUTHENTICATED.response()
+                return response
+            scope["app"] = self.app
+            scope["router"] = self.app.router
+            scope["route"] = matched = route
+            scope.update(child_scope)
+            request = Request(scope, _body_receiver(body))
+            try:
+                response = await route.endpoint(request)
+            except Exception as exc:
+                response = error_answer(request, exc)
+            return response
+        finally:
+            status = 500 if response is None else response.status_code
+            self.metrics.observe(matched, status, time.perf_counter() - started)
+
+
+def _lean(route: Route) -> bool:
+    """Whether the route is a plain async function behind Starlette's request_response."""
+    return getattr(
+        route.app, "__qualname__", ""
+    ) == "request_response.<locals>.app" and asyncio.iscoroutinefunction(route.endpoint)
+
+
+def _body_receiver(body: bytes) -> Receive:
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    return receive
 
 
 def _base_openapi() -> dict[str, Any]:
@@ -197,20 +301,6 @@ def build_app(
     async def openapi(request: Request) -> Response:
         return _json(document)
 
-    async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        response = error_response(exc.status_code, str(exc.detail))
-        response.headers.update(exc.headers or {})  # e.g. `Allow` on 405
-        return response
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal error")
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         started: list[RuntimeComponent] = []
@@ -239,7 +329,7 @@ def build_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, 500: on_error},
+        exception_handlers={ApiError: _on_error, HTTPException: _on_error, 500: _on_error},
     )
     # Last added runs first: metrics see every answer, the body timeout's 408 included.
     app.add_middleware(AuthMiddleware, keys=context.keys)
@@ -248,7 +338,8 @@ def build_app(
         timeout_s=context.settings.api.body_timeout_s,
         reads=body_reads or BodyReads(),
     )
-    app.add_middleware(MetricsMiddleware, registry=context.registry)
+    app.state.http_metrics = HttpMetrics(context.registry)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
     return app
 
 
@@ -281,8 +372,12 @@ def serve(settings: Settings, role: str = "all") -> None:
         app,
         host=settings.host,
         port=settings.ports.api,
-        # uvicorn's own protocol, plus a deadline for each request's headers (slow clients).
-        http=header_timeout_protocol(settings.api.header_timeout_s),
+        # uvicorn's own protocol, plus a deadline for each request's headers (slow clients)
+        # and the lean path for complete requests (lean_http.py).
+        http=lean_protocol(
+            header_timeout_protocol(settings.api.header_timeout_s),
+            LeanRoutes(app, context.keys, app.state.http_metrics),
+        ),
         log_config=None,
         access_log=False,
         # Nothing reads the client address, so no X-Forwarded-* rewriting layer per request.

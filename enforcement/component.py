@@ -226,7 +226,7 @@ class EnforcementComponent:
 
     async def startup(self) -> None:
         await asyncio.to_thread(self.load_local_state)
-        await asyncio.to_thread(self.credits.open)
+        await asyncio.to_thread(self.credits.open, loop=asyncio.get_running_loop())
         if self.settings.enforcement.grpc_enabled:
             self._grpc_server = FastCheckServer(
                 [self.grpc_service],

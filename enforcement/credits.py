@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -72,11 +73,15 @@ class CreditService:
             raise RuntimeError("the credit ledger is not open")
         return self._ledger
 
-    def open(self, *, writer_process: bool = True) -> None:
+    def open(
+        self, *, writer_process: bool = True, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Open the ledger; with ``writer_process``, consumptions go to a writer process whose
+        answers are read on ``loop`` (the runtime's event loop), else on a thread."""
         self._ledger = Ledger.from_settings(self.settings)
         self._ledger.create_schema()
         if writer_process:
-            self._writer = LedgerWriter(self.settings.ledger.database_url)
+            self._writer = LedgerWriter(self.settings.ledger.database_url, loop=loop)
             self._writer.start()
         self.refresh_all(discover=True)
 

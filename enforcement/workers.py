@@ -74,15 +74,18 @@ class LoopMailbox:
         self._items: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0  # the loop's thread
 
     def future(self) -> tuple[asyncio.Future[Any], Callable[[Any, BaseException | None], None]]:
         """A future of the running loop, and the callback (for any thread) that resolves it."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+            self._thread = threading.get_ident()
         elif self._loop is not loop:
             raise RuntimeError("a LoopMailbox serves one event loop")
         future = loop.create_future()
+        loop_thread = self._thread
 
         def deliver(result: Any, error: BaseException | None) -> None:
             with self._lock:
@@ -90,6 +93,9 @@ class LoopMailbox:
                 if self._scheduled:
                     return
                 self._scheduled = True
+            if threading.get_ident() == loop_thread:
+                loop.call_soon(self._drain)  # no self-pipe write from the loop's own thread
+                return
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 loop.call_soon_threadsafe(self._drain)
 

@@ -6,12 +6,14 @@ operations fail as retryable, the next submission starts a new child, nothing is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pickle
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,13 @@ class Results:
         self.lock = threading.Lock()
         self.done = threading.Condition(self.lock)
         self.items: dict[str, tuple[Any, BaseException | None]] = {}
+        self.threads: set[int] = set()  # where the callbacks ran
 
     def callback(self, name: str):  # type: ignore[no-untyped-def]
         def deliver(result: Any, error: BaseException | None) -> None:
             with self.lock:
                 self.items[name] = (result, error)
+                self.threads.add(threading.get_ident())
                 self.done.notify_all()
 
         return deliver
@@ -56,9 +60,33 @@ def url_of(ledger: Ledger) -> str:
     return ledger.engine.url.render_as_string(hide_password=False)
 
 
+@pytest.fixture(params=["reader-thread", "event-loop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop | None]:
+    """Where the writer reads its answers: its own thread, or an event loop (the runtime's
+    way) running in a thread of its own."""
+    if request.param == "reader-thread":
+        yield None
+        return
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def loop_thread(loop: asyncio.AbstractEventLoop) -> int:
+    return asyncio.run_coroutine_threadsafe(_ident(), loop).result(10)
+
+
+async def _ident() -> int:
+    return threading.get_ident()
+
+
 @pytest.fixture
-def writer(ledger: Ledger) -> Any:
-    w = LedgerWriter(url_of(ledger))
+def writer(ledger: Ledger, loop: asyncio.AbstractEventLoop | None) -> Any:
+    w = LedgerWriter(url_of(ledger), loop=loop)
     w.start()
     yield w
     w.close()
@@ -88,6 +116,10 @@ def test_writer_results_are_the_ledgers(ledger: Ledger, writer: LedgerWriter) ->
     assert available(ledger) == Decimal(7)
     # The in-process ledger sees the same consumption (same database, same key).
     assert consume(ledger, 3, "a").duplicate is True
+    if writer.loop is not None:  # answers are handled on the loop, not on a thread of ours
+        assert results.threads == {loop_thread(writer.loop)}
+    else:
+        assert threading.get_ident() not in results.threads
 
 
 def test_refusals_keep_their_details_through_pickle() -> None:
@@ -159,9 +191,11 @@ def test_a_dead_writer_fails_what_it_had_and_a_new_one_takes_over(
     assert available(ledger) == Decimal(1000 - 6)  # "before" + five, each once
 
 
-def test_close_finishes_what_was_submitted(ledger: Ledger) -> None:
+def test_close_finishes_what_was_submitted(
+    ledger: Ledger, loop: asyncio.AbstractEventLoop | None
+) -> None:
     grant(ledger, "g", 100)
-    writer = LedgerWriter(url_of(ledger))
+    writer = LedgerWriter(url_of(ledger), loop=loop)
     results = Results()
     for n in range(20):
         writer.submit(op(ledger, 1, f"k{n}"), results.callback(f"k{n}"))
