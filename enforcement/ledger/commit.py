@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from enforcement.ledger.errors import LedgerError
+from enforcement.ledger.state import WalletState
 from enforcement.ledger.unit import Unit
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,53 @@ class _Pending:
             self.wake.release()
 
 
+class WalletCarry:
+    """Wallet states carried from one write transaction to the next on one SQLite connection,
+    so a stream of consumptions on a wallet does not read its accounts and grants again in
+    every batch (two of the four reads of a consumption batch; measured in
+    docs/benchmarks-enforcement.md).
+
+    Exact, not a guess: the carried states are the ones this connection committed, and they
+    are used only when ``PRAGMA data_version`` (which changes when any *other* connection
+    commits) shows that nothing else wrote the database since. Only batches made entirely of
+    operations that declare ``carries_wallets`` (consumptions: they change a wallet only
+    through its loaded state) keep them; any other batch, a rollback, a new connection or
+    PostgreSQL (other hosts write without a trace here) starts from the database again.
+    """
+
+    MAX_WALLETS = 1024
+
+    def __init__(self) -> None:
+        self._wallets: dict[str, WalletState] = {}
+        self._version: int | None = None
+
+    def take(self, conn: Connection, ops: list[Op]) -> dict[str, WalletState] | None:
+        """Inside the transaction (write lock held): the carried wallets, or None if this
+        batch must not carry any."""
+        if conn.dialect.name != "sqlite" or not all(
+            getattr(op, "carries_wallets", False) for op in ops
+        ):
+            self.drop()
+            return None
+        version = conn.exec_driver_sql("PRAGMA data_version").scalar()
+        if version != self._version:
+            self._wallets = {}
+            self._version = version
+        return self._wallets
+
+    def keep(self, wallets: dict[str, WalletState]) -> None:
+        """After the commit: the wallets of the transaction, most recent last."""
+        for wallet_id, wallet in wallets.items():
+            self._wallets.pop(wallet_id, None)
+            self._wallets[wallet_id] = wallet
+        while len(self._wallets) > self.MAX_WALLETS:
+            del self._wallets[next(iter(self._wallets))]
+
+    def drop(self) -> None:
+        self._wallets = {}
+        self._version = None
+
+
 class Committer:
     def __init__(
         self,
@@ -118,6 +166,7 @@ class Committer:
         self._queue: list[_Pending] = []
         self._leading = False
         self._conn: Connection | None = None
+        self._carry = WalletCarry()
         # The driver thread of submitted operations (see the module docstring).
         self._driver_turn = threading.Condition(self._mu)
         self._driver_leads = False
@@ -274,6 +323,7 @@ class Committer:
         return self._conn
 
     def _drop_connection(self) -> None:
+        self._carry.drop()
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -284,16 +334,23 @@ class Committer:
     def _transact(self, ops: list[Op]) -> list[tuple[Any, LedgerError | None]]:
         conn = self._writer()
         outcomes: list[tuple[Any, LedgerError | None]] = []
-        with conn.begin():
-            unit = Unit(conn)
-            unit.lock(w for op in ops for w in op.wallet_ids)
-            _prefetch(unit, ops)
-            for op in ops:
-                try:
-                    outcomes.append((op.apply(unit), None))
-                except LedgerError as refusal:
-                    outcomes.append((None, refusal))
-            unit.flush()
+        try:
+            with conn.begin():
+                carried = self._carry.take(conn, ops)
+                unit = Unit(conn, carried)
+                unit.lock(w for op in ops for w in op.wallet_ids)
+                _prefetch(unit, ops)
+                for op in ops:
+                    try:
+                        outcomes.append((op.apply(unit), None))
+                    except LedgerError as refusal:
+                        outcomes.append((None, refusal))
+                unit.flush()
+        except BaseException:
+            self._carry.drop()  # the states may hold what was rolled back
+            raise
+        if carried is not None:
+            self._carry.keep(unit.wallets)
         return outcomes
 
 

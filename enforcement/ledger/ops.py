@@ -329,6 +329,8 @@ class ConsumeOp:
     feature_id: str | None
     dimensions: str | None
     exclusive = False
+    # Changes its wallet only through Unit.wallet()'s state (commit.WalletCarry).
+    carries_wallets = True
 
     @property
     def wallet_ids(self) -> tuple[str, ...]:

@@ -265,9 +265,12 @@ def reservation_from_row(row: Any) -> ReservationState:
 class Unit:
     """The state and pending writes of one write transaction (see the module docstring)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, carried: dict[str, WalletState] | None = None) -> None:
         self.conn = conn
         self.wallets: dict[str, WalletState] = {}
+        # Wallets as an earlier transaction of this connection committed them, known to be
+        # current (commit.WalletCarry): used instead of reading them again.
+        self._carried = carried or {}
         self._locked: set[str] = set()
         self.grants: dict[tuple[str, str], GrantState] = {}
         self.reservations: dict[tuple[str, str], ReservationState | None] = {}
@@ -300,6 +303,11 @@ class Unit:
         if wallet is not None:
             self.sweep_grants(wallet, now_us)
             return wallet
+        carried = self._carried.pop(wallet_id, None)
+        if carried is not None and self._adopt(carried):
+            self.sweep_grants(carried, now_us)
+            self._resolve_due_reservations(carried, now_us)
+            return carried
         if self.conn.dialect.name == "postgresql" and wallet_id not in self._locked:
             # Created by another instance after this transaction took its locks: lock it now
             # (out of order, so a deadlock is possible; PostgreSQL breaks it and we retry).
@@ -333,14 +341,29 @@ class Unit:
             if grant.wallet_id == wallet_id:
                 wallet.grants.setdefault(grant.grant_id, grant)
         self.sweep_grants(wallet, now_us)
-        for row in self.conn.execute(DUE_RESERVATIONS, {"w": wallet_id, "now": now_us}):
+        self._resolve_due_reservations(wallet, now_us)
+        return wallet
+
+    def _adopt(self, wallet: WalletState) -> bool:
+        """Take a carried wallet into this transaction, unless one of its grants was already
+        read here (then it is read again, so that there is one state per grant)."""
+        keys = [(g.environment, g.grant_id) for g in wallet.grants.values()]
+        if any(key in self.grants for key in keys):
+            return False
+        self.wallets[wallet.id] = wallet
+        for key, grant in zip(keys, wallet.grants.values(), strict=True):
+            self.grants[key] = grant
+        return True
+
+    def _resolve_due_reservations(self, wallet: WalletState, now_us: int) -> None:
+        """Reservations of the wallet whose TTL passed expire now (lazily, on its next write)."""
+        for row in self.conn.execute(DUE_RESERVATIONS, {"w": wallet.id, "now": now_us}):
             key = (row.environment, row.reservation_id)
             reservation = self.reservations.get(key)
             if reservation is None:
                 reservation = self.reservations[key] = reservation_from_row(row)
             if reservation.status == "ACTIVE" and reservation.expires_us <= now_us:
                 self.resolve(wallet, reservation, 0, [], now_us, "EXPIRED")
-        return wallet
 
     def find_grant(self, environment: str, grant_id: str) -> GrantState | None:
         key = (environment, grant_id)
