@@ -31,17 +31,23 @@ SQLITE_PRAGMAS = (
 SYNCHRONOUS = ("FULL", "NORMAL")
 
 
-def install_sqlite_hooks(engine: Engine, synchronous: str = "FULL") -> None:
+def install_sqlite_hooks(
+    engine: Engine, synchronous: str = "FULL", *, autocheckpoint: bool = True
+) -> None:
     """Idempotently configure a SQLite engine (pragmas and explicit BEGIN).
 
     ``synchronous``: FULL (default) fsyncs the WAL at every commit, so a committed operation
     survives power loss. NORMAL skips that fsync: still atomic and consistent, durable across
-    process crashes, but the last commits may be lost if the machine itself crashes."""
+    process crashes, but the last commits may be lost if the machine itself crashes.
+    ``autocheckpoint=False``: commits never checkpoint the WAL; something else must
+    (checkpoints.WalCheckpoints, for the ledger writer)."""
     if engine.dialect.name != "sqlite" or getattr(engine, "_ledger_hooks", False):
         return
     if synchronous not in SYNCHRONOUS:
         raise ValueError(f"sqlite synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
     pragmas = (*SQLITE_PRAGMAS, f"PRAGMA synchronous={synchronous}")
+    if not autocheckpoint:
+        pragmas = (*pragmas, "PRAGMA wal_autocheckpoint=0")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -59,7 +65,9 @@ def install_sqlite_hooks(engine: Engine, synchronous: str = "FULL") -> None:
     engine._ledger_hooks = True  # type: ignore[attr-defined]
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", sqlite_autocheckpoint: bool = True, **kwargs: Any
+) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql+psycopg://...``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -71,7 +79,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
         kwargs.setdefault("pool_size", 8)
         kwargs.setdefault("max_overflow", 64)
         engine = create_engine(url, **kwargs)
-        install_sqlite_hooks(engine, sqlite_synchronous)
+        install_sqlite_hooks(engine, sqlite_synchronous, autocheckpoint=sqlite_autocheckpoint)
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_size", 8)

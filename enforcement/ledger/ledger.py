@@ -92,10 +92,21 @@ class Ledger:
         self._known_wallets: set[str] = set()  # wallets are never deleted: safe to remember
 
     @classmethod
-    def from_url(cls, url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Ledger:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        sqlite_autocheckpoint: bool = True,
+        **kwargs: Any,
+    ) -> Ledger:
         """``sqlite:///path/ledger.db`` or ``postgresql+psycopg://user@host:port/db``.
-        ``sqlite_synchronous="NORMAL"`` trades power-loss durability for speed (engine.py)."""
-        return cls(make_engine(url, sqlite_synchronous=sqlite_synchronous), **kwargs)
+        ``sqlite_synchronous="NORMAL"`` trades power-loss durability for speed;
+        ``sqlite_autocheckpoint=False`` leaves WAL checkpoints to the caller (engine.py)."""
+        engine = make_engine(
+            url, sqlite_synchronous=sqlite_synchronous, sqlite_autocheckpoint=sqlite_autocheckpoint
+        )
+        return cls(engine, **kwargs)
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> Ledger:

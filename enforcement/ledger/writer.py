@@ -144,12 +144,23 @@ def _answer_to(answers: list[tuple[int, Any, BaseException | None]], call_id: in
 
 def serve(url: str, synchronous: str = "FULL") -> None:
     """The child's loop: read what is queued, run it as one batch, answer, repeat."""
+    from sqlalchemy.engine import make_url
+
+    from enforcement.ledger.checkpoints import WalCheckpoints
     from enforcement.ledger.commit import _Pending
     from enforcement.ledger.ledger import Ledger
 
-    ledger = Ledger.from_url(url, sqlite_synchronous=synchronous)
+    # SQLite: the writer's commits leave WAL checkpoints to WalCheckpoints (checkpoints.py).
+    parsed = make_url(url)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    ledger = Ledger.from_url(
+        url, sqlite_synchronous=synchronous, sqlite_autocheckpoint=database is None
+    )
     committer = ledger._committer
     committer._writer()  # connect now: the first operations should not wait for it
+    checkpoints = None if database is None else WalCheckpoints(database)
+    if checkpoints is not None:
+        checkpoints.start()
     reader = _FrameReader(sys.stdin.fileno())
     out = sys.stdout.fileno()
     try:
@@ -174,7 +185,11 @@ def serve(url: str, synchronous: str = "FULL") -> None:
                 # The parent is gone (e.g. killed): what this batch applied is committed, and
                 # its clients retry with the same keys. Nothing more will be asked.
                 return
+            if checkpoints is not None:  # answered: now the WAL, if it is due
+                checkpoints.after_batch()
     finally:
+        if checkpoints is not None:
+            checkpoints.stop()
         ledger.close()
 
 
