@@ -183,6 +183,10 @@ class LeanRoutes:
         started = time.perf_counter()
         matched: Route | None = None
         response: Response | None = None
+        request = Request(scope, _body_receiver(body))
+        # The body is in hand: what Request.body() would read and cache (its receive loop is
+        # ~10 us per request); a Request without it still reads it from receive.
+        request._body = body
         try:
             if not authenticate(self.keys, scope):
                 response = UNAUTHENTICATED.response()
@@ -191,14 +195,10 @@ class LeanRoutes:
             scope["router"] = self.app.router
             scope["route"] = matched = route
             scope.update(child_scope)
-            request = Request(scope, _body_receiver(body))
-            # The body is in hand: what Request.body() would read and cache (its receive
-            # loop is ~10 us per request); a Request without it still reads it from receive.
-            request._body = body
-            try:
-                response = await route.endpoint(request)
-            except Exception as exc:
-                response = error_answer(request, exc)
+            response = await route.endpoint(request)
+            return response
+        except Exception as exc:  # as the ASGI stack's exception and error layers answer
+            response = error_answer(request, exc)
             return response
         finally:
             status = 500 if response is None else response.status_code

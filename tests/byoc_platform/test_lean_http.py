@@ -234,6 +234,18 @@ def test_a_complete_request_is_answered_by_the_lean_path_as_the_asgi_stack_would
     assert served.routes.answered == before + 2
 
 
+def test_a_failure_before_the_route_is_a_500_on_both_paths(served: Served, tmp_path: Path) -> None:
+    keys = served.routes.keys.path
+    good = keys.read_text()
+    keys.write_text("{not json")  # the key store fails to load: auth itself raises
+    try:
+        lean, asgi = both_ways(served, request("POST", "/api/v1/items/a1", served.key, b"{}"))
+    finally:
+        keys.write_text(good)
+    assert lean == asgi
+    assert lean.startswith(b"HTTP/1.1 500") and b"INTERNAL_ERROR" in lean
+
+
 def test_what_the_lean_path_declines_goes_the_asgi_way(served: Served) -> None:
     declined = [
         (request("GET", "/api/v1/nothing", served.key), 404),
