@@ -29,9 +29,8 @@ from byoc_platform.api_errors import ApiError
 from byoc_platform.lean_http import lean_protocol
 from byoc_platform.request_timeouts import BodyReads, DrainingServer, header_timeout_protocol
 from byoc_platform.runtime_server import LeanRoutes, build_app, create_context
+from tests.byoc_platform.test_request_timeouts import WAIT_S, connect
 from tests.stack_fixtures import free_port, test_settings
-
-WAIT_S = 30.0
 
 
 class TaggingMiddleware:
@@ -154,12 +153,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
     served = Served(config.port, key, server, thread, loops[0], component, routes)
     yield served
     served.stop()
-
-
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.settimeout(WAIT_S)
-    return sock
 
 
 def read_response(sock: socket.socket, buffered: bytearray | None = None) -> bytes:
