@@ -203,8 +203,8 @@ class LedgerWriter:
     iteration leave in one write. ``callback(result, error)`` runs once the child answered:
     on ``loop`` when one is given (its answers are read there, like any socket of the loop),
     else on this writer's reader thread. On the loop, a batch of answers costs no thread
-    wake-up and no GIL hand-off: a reader thread waiting for the GIL held by a busy loop
-    waited up to the interpreter's switch interval (5 ms) per batch.
+    wake-up and no GIL hand-off (a reader thread waiting for the GIL held by a busy loop can
+    wait up to the interpreter's switch interval, 5 ms; measured: docs/benchmarks-enforcement.md).
     """
 
     def __init__(
