@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from enforcement.ledger.driver import execute, sqlite_driver
 from enforcement.ledger.errors import LedgerError
 from enforcement.ledger.state import WalletState
 from enforcement.ledger.unit import Unit
@@ -130,7 +131,9 @@ class WalletCarry:
         ):
             self.drop()
             return None
-        version = conn.exec_driver_sql("PRAGMA data_version").scalar()
+        raw = sqlite_driver(conn)
+        assert raw is not None
+        version = execute(raw, "PRAGMA data_version").fetchone()[0]
         if version != self._version:
             self._wallets = {}
             self._version = version

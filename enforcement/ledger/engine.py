@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from enforcement.ledger.driver import execute
+
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA foreign_keys=ON",
@@ -29,6 +31,7 @@ SQLITE_PRAGMAS = (
     "PRAGMA cache_size=-16384",
 )
 SYNCHRONOUS = ("FULL", "NORMAL")
+_BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE")}
 
 
 def install_sqlite_hooks(
@@ -60,7 +63,8 @@ def install_sqlite_hooks(
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("ledger_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # By the driver: it begins every ledger transaction (driver.py says why).
+        execute(conn.connection.driver_connection, _BEGIN[mode])
 
     engine._ledger_hooks = True  # type: ignore[attr-defined]
 

@@ -512,9 +512,8 @@ class Ledger:
 
     def get_reservation(self, environment: str, reservation_id: str) -> Reservation:
         with self._read() as conn:
-            row = conn.execute(
-                RESERVATIONS_BY_ID, {"e": environment, "ids": [reservation_id]}
-            ).first()
+            rows = RESERVATIONS_BY_ID.rows(conn, {"e": environment, "ids": [reservation_id]})
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"reservation {reservation_id!r} not found")
         return reservation_view(reservation_from_row(row))

@@ -63,7 +63,7 @@ def balance(
         for row in (conn.execute(BALANCE_GRANTS, {"w": wid}) if sinks else ())
     }
     # Holds whose TTL passed are already free, even if no write has swept them yet.
-    for row in conn.execute(DUE_RESERVATIONS, {"w": wid, "now": now_us}) if sinks else ():
+    for row in DUE_RESERVATIONS.rows(conn, {"w": wid, "now": now_us}) if sinks else ():
         for grant_id, units in msgspec.json.decode(row.parts):
             held = loaded[grant_id]
             held.held -= units

@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import Connection, and_, bindparam, or_, select
 
 from enforcement.ledger import schema
+from enforcement.ledger.driver import Query, executemany, sqlite_driver
 from enforcement.ledger.ids import hid
 from enforcement.ledger.schema import accounts, consumptions, grants, reservations, wallets
 from enforcement.ledger.state import (
@@ -82,27 +83,34 @@ LOCK_WALLETS = (
     .order_by(wallets.c.id)
     .with_for_update()
 )
-DUE_RESERVATIONS = select(reservations).where(
-    reservations.c.wallet_id == bindparam("w"),
-    reservations.c.status == "ACTIVE",
-    reservations.c.expires_us <= bindparam("now"),
+# The three reads of a consumption or reservation batch: run by the driver on SQLite (driver.py).
+DUE_RESERVATIONS = Query(
+    select(reservations).where(
+        reservations.c.wallet_id == bindparam("w"),
+        reservations.c.status == "ACTIVE",
+        reservations.c.expires_us <= bindparam("now"),
+    )
 )
-RESERVATIONS_BY_ID = select(reservations).where(
-    reservations.c.environment == bindparam("e"),
-    reservations.c.reservation_id.in_(bindparam("ids", expanding=True)),
+RESERVATIONS_BY_ID = Query(
+    select(reservations).where(
+        reservations.c.environment == bindparam("e"),
+        reservations.c.reservation_id.in_(bindparam("ids", expanding=True)),
+    )
 )
-CONSUMPTIONS_BY_KEY = select(
-    consumptions.c.idempotency_key,
-    consumptions.c.wallet_id,
-    consumptions.c.currency_id,
-    consumptions.c.resource_id,
-    consumptions.c.amount,
-    consumptions.c.entries,
-    consumptions.c.timestamp_us,
-).where(
-    consumptions.c.environment == bindparam("e"),
-    consumptions.c.customer_id == bindparam("c"),
-    consumptions.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+CONSUMPTIONS_BY_KEY = Query(
+    select(
+        consumptions.c.idempotency_key,
+        consumptions.c.wallet_id,
+        consumptions.c.currency_id,
+        consumptions.c.resource_id,
+        consumptions.c.amount,
+        consumptions.c.entries,
+        consumptions.c.timestamp_us,
+    ).where(
+        consumptions.c.environment == bindparam("e"),
+        consumptions.c.customer_id == bindparam("c"),
+        consumptions.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    )
 )
 APPLY_DELTAS = (
     accounts.update()
@@ -151,10 +159,10 @@ class _Bulk:
     The flush writes a few hundred rows per group commit; SQLAlchemy's per-row parameter
     processing cost more than SQLite's own work, so the statement (still generated from the
     table metadata) is handed to the driver directly; errors are still wrapped by SQLAlchemy.
-    SQLite: ``executemany`` with tuples. PostgreSQL: an INSERT becomes ONE
-    ``INSERT ... SELECT * FROM unnest(<one array per column>)`` (one round trip, a constant
-    statement the driver prepares once); an UPDATE runs as an executemany (psycopg pipelines
-    it).
+    SQLite: ``executemany`` with tuples on the sqlite3 connection itself (driver.py).
+    PostgreSQL: an INSERT becomes ONE ``INSERT ... SELECT * FROM unnest(<one array per
+    column>)`` (one round trip, a constant statement the driver prepares once); an UPDATE runs
+    as an executemany (psycopg pipelines it).
     """
 
     def __init__(self, statement: Any, table: Any = None) -> None:
@@ -177,9 +185,13 @@ class _Bulk:
             getter = itemgetter(*positions) if positions else None
             compiled = self._compiled[conn.dialect.name] = (str(done), getter)
         sql, getter = compiled
-        if getter is None:  # named parameters (psycopg): the dicts as they are
+        raw = sqlite_driver(conn)
+        if raw is not None:  # sqlite3 (positional): tuples in the compiled order, by the driver
+            assert getter is not None
+            executemany(raw, sql, [getter(row) for row in rows])
+        elif getter is None:  # named parameters (psycopg): the dicts as they are
             conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
-        else:  # positional (sqlite3): tuples in the compiled order
+        else:
             conn.exec_driver_sql(sql, [getter(row) for row in rows])
 
     def _run_multirow(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -242,23 +254,23 @@ def grant_from_row(row: Any) -> GrantState:
 
 
 def reservation_from_row(row: Any) -> ReservationState:
-    m = row._mapping
+    """From a SQLAlchemy row or a driver row (driver.Query): attributes by column name."""
     return ReservationState(
-        environment=m["environment"],
-        reservation_id=m["reservation_id"],
-        wallet_id=m["wallet_id"],
-        customer_id=m["customer_id"],
-        currency_id=m["currency_id"],
-        resource_id=m["resource_id"],
-        amount=m["amount"],
-        parts=[(g, u) for g, u in _unjson(m["parts"])],
-        status=m["status"],
-        consumed=m["consumed"],
-        feature_id=m["feature_id"],
-        metadata=m["metadata"],
-        created_us=m["created_us"],
-        expires_us=m["expires_us"],
-        resolved_us=m["resolved_us"],
+        environment=row.environment,
+        reservation_id=row.reservation_id,
+        wallet_id=row.wallet_id,
+        customer_id=row.customer_id,
+        currency_id=row.currency_id,
+        resource_id=row.resource_id,
+        amount=row.amount,
+        parts=[(g, u) for g, u in _unjson(row.parts)],
+        status=row.status,
+        consumed=row.consumed,
+        feature_id=row.feature_id,
+        metadata=row.metadata,
+        created_us=row.created_us,
+        expires_us=row.expires_us,
+        resolved_us=row.resolved_us,
     )
 
 
@@ -357,7 +369,7 @@ class Unit:
 
     def _resolve_due_reservations(self, wallet: WalletState, now_us: int) -> None:
         """Reservations of the wallet whose TTL passed expire now (lazily, on its next write)."""
-        for row in self.conn.execute(DUE_RESERVATIONS, {"w": wallet.id, "now": now_us}):
+        for row in DUE_RESERVATIONS.rows(self.conn, {"w": wallet.id, "now": now_us}):
             key = (row.environment, row.reservation_id)
             reservation = self.reservations.get(key)
             if reservation is None:
@@ -391,7 +403,7 @@ class Unit:
             return
         for i in missing:
             self.reservations[(environment, i)] = None
-        for row in self.conn.execute(RESERVATIONS_BY_ID, {"e": environment, "ids": missing}):
+        for row in RESERVATIONS_BY_ID.rows(self.conn, {"e": environment, "ids": missing}):
             self.reservations[(environment, row.reservation_id)] = reservation_from_row(row)
 
     def find_consumption(
@@ -409,7 +421,7 @@ class Unit:
         for k in missing:
             self.consumptions[(environment, customer_id, k)] = None
         params = {"e": environment, "c": customer_id, "keys": missing}
-        for row in self.conn.execute(CONSUMPTIONS_BY_KEY, params):
+        for row in CONSUMPTIONS_BY_KEY.rows(self.conn, params):
             self.consumptions[(environment, customer_id, row.idempotency_key)] = ConsumptionRecord(
                 environment=environment,
                 customer_id=customer_id,
