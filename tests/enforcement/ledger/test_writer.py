@@ -289,3 +289,55 @@ def test_the_writer_exits_when_its_parent_is_killed(sqlite_only: Ledger) -> None
         time.sleep(0.05)
     spent = 10**6 - available(sqlite_only)
     assert spent > 0  # the invariants are checked by the fixture
+
+
+def test_no_answer_before_the_wal_is_synced_and_a_failed_sync_stops_the_writer(
+    tmp_path: Path,
+) -> None:
+    """SQLite with FULL: the child commits without syncing and answers only after its own
+    fdatasync of the WAL (writer._Answers). Fault: the WAL file is gone from under it (its
+    sync cannot be done), so the commit it made must not be answered as a success: the child
+    exits (70) and the operation fails as retryable."""
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    writer = LedgerWriter(url_of(ledger))
+    try:
+        grant(ledger, "g", 100)
+        results = Results()
+        writer.submit(op(ledger, 1, "synced"), results.callback("synced"))
+        assert results.wait(1)["synced"][1] is None
+        child = writer._proc
+        assert child is not None
+        Path(f"{tmp_path / 'ledger.db'}-wal").unlink()
+        writer.submit(op(ledger, 1, "unsynced"), results.callback("unsynced"))
+        got = results.wait(2)
+        assert isinstance(got["unsynced"][1], LedgerUnavailable)
+        assert child.wait(10) == 70
+    finally:
+        writer.close()
+        ledger.close()
+
+
+def test_wal_sync_follows_a_wal_file_made_anew(tmp_path: Path) -> None:
+    """If SQLite makes the WAL file anew (all connections closed in between), the sync goes
+    to the new file, not to the descriptor of the old one."""
+    from enforcement.ledger.writer import _Answers
+
+    wal = tmp_path / "db-wal"
+    wal.write_bytes(b"one")
+    read_end, write_end = os.pipe()
+    answers = _Answers(write_end, str(wal))
+    try:
+        answers.send(b"first")
+        assert os.read(read_end, 100) == b"first"
+        first_inode = answers._inode
+        assert first_inode == wal.stat().st_ino
+        wal.unlink()
+        wal.write_bytes(b"two")  # a new file under the same name
+        answers.send(b"second")
+        assert os.read(read_end, 100) == b"second"
+        assert answers._inode == wal.stat().st_ino != first_inode
+    finally:
+        answers.close()
+        os.close(read_end)
+        os.close(write_end)
