@@ -12,9 +12,7 @@ and runs the same operations through the same group committer (commit.py), so ev
 is the database's as before: each operation is applied in a transaction that locks its wallet
 (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL), zero overdraft and
 idempotency hold across processes exactly as with two runtimes on one ledger. A result is sent
-back only after the transaction holding it committed and, on SQLite with ``FULL``, after the
-WAL holding that commit was synced (by a thread of the child, while the next batch runs:
-``_Answers``).
+back only after the transaction holding it committed.
 
 Wire (the child's stdin/stdout, private to the two processes): frames of a 4-byte big-endian
 length and a payload. Parent to child: a pickle of ``[(call_id, op), ...]``; child to parent,
@@ -144,89 +142,6 @@ def _answer_to(answers: list[tuple[int, Any, BaseException | None]], call_id: in
     return done
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _Answers:
-    """Sends each batch's answers frame to the parent.
-
-    With ``wal`` (SQLite, synchronous FULL): the writer's connection commits without syncing
-    (synchronous NORMAL: atomic and consistent on power loss, SQLite's WAL guarantee) and this
-    thread makes the WAL durable with one ``fdatasync`` before it sends the answers of every
-    batch committed until then. So the next batch runs while the disk syncs the last one
-    (pipelined group commit), and no answer leaves before its commit is on disk: the same
-    promise as synchronous FULL. If a sync fails, the process exits at once: what it had not
-    answered may or may not be durable, and the parent fails it as retryable (LedgerUnavailable).
-    Without ``wal``: answers are written at once, by the caller.
-    """
-
-    def __init__(self, out: int, wal: str | None) -> None:
-        self.out = out
-        self.wal = wal
-        self.broken = False  # the parent closed its end
-        self._cond = threading.Condition()
-        self._queue: list[bytes] = []
-        self._closed = False
-        self._fd: int | None = None
-        self._inode = 0
-        self._thread: threading.Thread | None = None
-        if wal is not None:
-            self._thread = threading.Thread(target=self._run, name="ledger-wal-sync", daemon=True)
-            self._thread.start()
-
-    def send(self, data: bytes) -> None:
-        if self._thread is None:
-            try:
-                _write_all(self.out, data)
-            except BrokenPipeError:
-                self.broken = True
-            return
-        with self._cond:
-            self._queue.append(data)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                frames, self._queue = self._queue, []
-            try:
-                self._sync()
-            except OSError:
-                log.critical("ledger writer: syncing the WAL failed; exiting", exc_info=True)
-                os._exit(70)  # nothing unsynced may be answered; the parent fails it (503)
-            try:
-                _write_all(self.out, b"".join(frames))
-            except BrokenPipeError:
-                self.broken = True  # the parent is gone; its stdin EOF stops the loop
-
-    def _sync(self) -> None:
-        assert self.wal is not None
-        inode = os.stat(self.wal).st_ino
-        if self._fd is None or inode != self._inode:  # (a WAL file SQLite made anew)
-            if self._fd is not None:
-                os.close(self._fd)
-            self._fd = os.open(self.wal, os.O_RDONLY)
-            self._inode = inode
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        """Send what is queued (synced) and stop."""
-        if self._thread is not None:
-            with self._cond:
-                self._closed = True
-                self._cond.notify()
-            self._thread.join()
-        if self._fd is not None:
-            os.close(self._fd)
-
-
 def serve(url: str, synchronous: str = "FULL") -> None:
     """The child's loop: read what is queued, run it as one batch, answer, repeat."""
     from sqlalchemy.engine import make_url
@@ -235,15 +150,11 @@ def serve(url: str, synchronous: str = "FULL") -> None:
     from enforcement.ledger.commit import _Pending
     from enforcement.ledger.ledger import Ledger
 
-    # SQLite: the writer's commits leave WAL checkpoints to WalCheckpoints (checkpoints.py),
-    # and with FULL, the WAL's sync to _Answers.
+    # SQLite: the writer's commits leave WAL checkpoints to WalCheckpoints (checkpoints.py).
     parsed = make_url(url)
     database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    sync_here = database is not None and synchronous == "FULL"
     ledger = Ledger.from_url(
-        url,
-        sqlite_synchronous="NORMAL" if sync_here else synchronous,
-        sqlite_autocheckpoint=database is None,
+        url, sqlite_synchronous=synchronous, sqlite_autocheckpoint=database is None
     )
     committer = ledger._committer
     committer._writer()  # connect now: the first operations should not wait for it
@@ -251,7 +162,7 @@ def serve(url: str, synchronous: str = "FULL") -> None:
     if checkpoints is not None:
         checkpoints.start()
     reader = _FrameReader(sys.stdin.fileno())
-    answers_out = _Answers(sys.stdout.fileno(), f"{database}-wal" if sync_here else None)
+    out = sys.stdout.fileno()
     try:
         while True:
             frames = reader.frames()
@@ -265,15 +176,18 @@ def serve(url: str, synchronous: str = "FULL") -> None:
                     committer._execute(pending[start : start + committer._max_batch])
                 except BaseException:  # each pending of that batch got the error already
                     log.exception("ledger writer batch failed")
-            answers_out.send(_answers_frame(answers))
-            if answers_out.broken:
-                # The parent is gone (e.g. killed): what was applied is committed, and its
-                # clients retry with the same keys. Nothing more will be asked.
+            data = _answers_frame(answers)
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(out, view) :]
+            except BrokenPipeError:
+                # The parent is gone (e.g. killed): what this batch applied is committed, and
+                # its clients retry with the same keys. Nothing more will be asked.
                 return
             if checkpoints is not None:  # answered: now the WAL, if it is due
                 checkpoints.after_batch()
     finally:
-        answers_out.close()
         if checkpoints is not None:
             checkpoints.stop()
         ledger.close()
