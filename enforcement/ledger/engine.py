@@ -31,7 +31,6 @@ SQLITE_PRAGMAS = (
     "PRAGMA cache_size=-16384",
 )
 SYNCHRONOUS = ("FULL", "NORMAL")
-_BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE")}
 
 
 def install_sqlite_hooks(
@@ -64,7 +63,7 @@ def install_sqlite_hooks(
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("ledger_begin", "DEFERRED")
         # By the driver: it begins every ledger transaction (driver.py says why).
-        execute(conn.connection.driver_connection, _BEGIN[mode])
+        execute(conn.connection.driver_connection, f"BEGIN {mode}")
 
     engine._ledger_hooks = True  # type: ignore[attr-defined]
 
