@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster_bench_stack import cpu_seconds, load_average, say, stack
+from dagster_bench_stack import load_average, say, stack
+from proc_cpu import cpu_seconds_if_running
 
 ENV = "bench-archive"
 DAY = datetime(2025, 3, 4, tzinfo=UTC)
@@ -107,11 +108,11 @@ def main() -> None:
         crypto = crypto_for(store)
         bucket, sse = store.bucket, settings.kms.key_alias
 
-        cpu_before = cpu_seconds(pids.get("warehouse"))
+        cpu_before = cpu_seconds_if_running(pids.get("warehouse"))
         t0 = time.perf_counter()
         tables = {hour: export_hour(client, db, ENV, hour) for (_env, hour) in sorted(hot)}
         export_s = time.perf_counter() - t0
-        cpu_after = cpu_seconds(pids.get("warehouse"))
+        cpu_after = cpu_seconds_if_running(pids.get("warehouse"))
         export_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
 
         bodies: dict[datetime, bytes] = {}
@@ -131,12 +132,12 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=ARCHIVE_THREADS) as pool:
             list(pool.map(encode, tables.items()))
         encode_s, encode_cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        s3_before = cpu_seconds(pids.get("s3"))
+        s3_before = cpu_seconds_if_running(pids.get("s3"))
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=ARCHIVE_THREADS) as pool:
             list(pool.map(put, bodies.items()))
         put_s = time.perf_counter() - t0
-        s3_after = cpu_seconds(pids.get("s3"))
+        s3_after = cpu_seconds_if_running(pids.get("s3"))
         write_s = encode_s + put_s
         sizes = {h: len(b) for h, b in bodies.items()}
         digests = {h: hashlib.sha256(b).hexdigest() for h, b in bodies.items()}
@@ -154,7 +155,7 @@ def main() -> None:
             f"verify {verify_s:.2f}s"
         )
 
-        before = cpu_seconds(pids.get("warehouse"))
+        before = cpu_seconds_if_running(pids.get("warehouse"))
         t0 = time.perf_counter()
         result = materialize(
             [*ASSETS, *CHECKS],
@@ -164,7 +165,7 @@ def main() -> None:
             run_config={"ops": {"cold_archive": {"config": {"force": True}}}},
         )
         asset_s = time.perf_counter() - t0
-        after = cpu_seconds(pids.get("warehouse"))
+        after = cpu_seconds_if_running(pids.get("warehouse"))
         assert result.success
         say(f"cold_archive asset: {asset_s:.2f}s")
         figures = {

@@ -60,16 +60,5 @@ def stack(
             supervisor.stop()
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU of a process: its cost, whatever else the machine runs."""
-    if not pid:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load_average() -> float:
     return os.getloadavg()[0]

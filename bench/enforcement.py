@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import uvloop  # noqa: E402  (the REST load clients: less CPU per request than asyncio's loop)
+from proc_cpu import cpu_seconds  # noqa: E402
 
 from byoc_platform.auth import KeyStore  # noqa: E402
 from byoc_platform.control_plane.client import ControlPlaneClient  # noqa: E402
@@ -77,19 +78,6 @@ def quiet_gc() -> Iterator[None]:
     finally:
         gc.enable()
         gc.unfreeze()
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU time of a process so far (Linux /proc); with ``children``, plus that
-    of its running child processes (the ledger writer)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    if children:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(OSError):
-                    total += cpu_seconds(int(child))
-    return total
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:

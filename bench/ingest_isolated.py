@@ -29,6 +29,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from proc_cpu import cpu_seconds  # noqa: E402
+
 from byoc_platform.settings import Ports, Settings  # noqa: E402
 from byoc_platform.stack.bootstrap import ensure_api_key  # noqa: E402
 from byoc_platform.stack.supervisor import Supervisor  # noqa: E402
@@ -40,11 +42,6 @@ def free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [sock.getsockname()[1] for sock in sockets]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_api(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:

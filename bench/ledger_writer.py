@@ -28,6 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proc_cpu import cpu_seconds
+
 from enforcement.ledger.checkpoints import WalCheckpoints
 from enforcement.ledger.commit import _Pending
 from enforcement.ledger.ledger import Ledger
@@ -83,11 +85,6 @@ def batches(base: Path, sizes: list[int], per_size: int) -> dict[str, float]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def paced(base: Path, rate: float, seconds: float) -> dict[str, float]:
     url, ledger = _ledger(base)
     loop = asyncio.get_running_loop()
@@ -115,7 +112,7 @@ async def paced(base: Path, rate: float, seconds: float) -> dict[str, float]:
         latencies.clear()
         assert writer._proc is not None
         child = writer._proc.pid
-        cpu0 = _cpu_seconds(child)
+        cpu0 = cpu_seconds(child)
         total, sent, start = int(rate * seconds), 0, time.perf_counter()
         while sent < total:
             due = min(total, int((time.perf_counter() - start) * rate) + 1)
@@ -126,7 +123,7 @@ async def paced(base: Path, rate: float, seconds: float) -> dict[str, float]:
         while len(latencies) < total:
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - start
-        cpu = _cpu_seconds(child) - cpu0
+        cpu = cpu_seconds(child) - cpu0
     finally:
         await loop.run_in_executor(None, writer.close)
         ledger.close()

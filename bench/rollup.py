@@ -32,7 +32,8 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster_bench_stack import cpu_seconds, load_average, say, stack
+from dagster_bench_stack import load_average, say, stack
+from proc_cpu import cpu_seconds_if_running
 
 from byoc_platform.settings import Settings
 
@@ -135,11 +136,11 @@ def main() -> None:
 
         rollup_s, reconcile_s, asset_s, cpu = [], [], [], []
         for i in range(args.repeat):
-            before = cpu_seconds(pids.get("warehouse"))
+            before = cpu_seconds_if_running(pids.get("warehouse"))
             t0 = time.perf_counter()
             header = rollup_hour(client, db, HOUR, meters)
             rollup_s.append(time.perf_counter() - t0)
-            after = cpu_seconds(pids.get("warehouse"))
+            after = cpu_seconds_if_running(pids.get("warehouse"))
             if before is not None and after is not None:
                 cpu.append(after - before)
             t0 = time.perf_counter()

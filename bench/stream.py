@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import NewTopic  # noqa: E402
+from proc_cpu import cpu_seconds_if_running  # noqa: E402
 
 from byoc_platform import clients  # noqa: E402
 from byoc_platform.events import (  # noqa: E402
@@ -61,17 +62,6 @@ from byoc_platform.settings import Settings  # noqa: E402
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process (contention-proof cost, unlike wall time)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_priority(pids: list[int], nice: int) -> None:
@@ -113,12 +103,12 @@ class CpuMeter:
         self._start: dict[str, float | None] = {}
 
     def start(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: cpu_seconds_if_running(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
         out = {}
         for name, pid in self.pids.items():
-            now, then = cpu_seconds(pid), self._start.get(name)
+            now, then = cpu_seconds_if_running(pid), self._start.get(name)
             if now is not None and then is not None:
                 out[name] = round(now - then, 2)
         return out
