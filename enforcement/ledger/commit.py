@@ -126,13 +126,10 @@ class WalletCarry:
     def take(self, conn: Connection, ops: list[Op]) -> dict[str, WalletState] | None:
         """Inside the transaction (write lock held): the carried wallets, or None if this
         batch must not carry any."""
-        if conn.dialect.name != "sqlite" or not all(
-            getattr(op, "carries_wallets", False) for op in ops
-        ):
+        raw = sqlite_driver(conn)
+        if raw is None or not all(getattr(op, "carries_wallets", False) for op in ops):
             self.drop()
             return None
-        raw = sqlite_driver(conn)
-        assert raw is not None
         version = execute(raw, "PRAGMA data_version").fetchone()[0]
         if version != self._version:
             self._wallets = {}

@@ -62,17 +62,17 @@ class Query:
         self._sql = compiled.string
         self._names: list[str] = list(compiled.positiontup or [])
         self._defaults: dict[str, Any] = dict(compiled.params)
-        self._expanding = set(_POSTCOMPILE.findall(self._sql))
+        self._expanding = tuple(sorted(set(_POSTCOMPILE.findall(self._sql))))
         self._shapes: dict[tuple[int, ...], str] = {}
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         raw = sqlite_driver(conn)
-        sizes = tuple(len(params[name]) for name in sorted(self._expanding))
+        sizes = tuple(len(params[name]) for name in self._expanding)
         if raw is None or 0 in sizes:  # (an empty IN: SQLAlchemy's own rendering)
             return list(conn.execute(self.statement, params))
         sql = self._shapes.get(sizes)
         if sql is None:
-            count = dict(zip(sorted(self._expanding), sizes, strict=True))
+            count = dict(zip(self._expanding, sizes, strict=True))
             sql = self._shapes[sizes] = _POSTCOMPILE.sub(
                 lambda m: ", ".join("?" * count[m.group(1)]), self._sql
             )

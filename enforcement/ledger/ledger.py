@@ -513,10 +513,9 @@ class Ledger:
     def get_reservation(self, environment: str, reservation_id: str) -> Reservation:
         with self._read() as conn:
             rows = RESERVATIONS_BY_ID.rows(conn, {"e": environment, "ids": [reservation_id]})
-        row = rows[0] if rows else None
-        if row is None:
+        if not rows:
             raise NotFound(f"reservation {reservation_id!r} not found")
-        return reservation_view(reservation_from_row(row))
+        return reservation_view(reservation_from_row(rows[0]))
 
     # --- expiry ----------------------------------------------------------------------------
 
