@@ -99,6 +99,36 @@ def is_finite_number(value: float) -> bool:
     return math.isfinite(value)
 
 
+# Bounds every ingestion path (REST, GraphQL, gRPC) applies before an event is durable.
+# Numeric dimensions are summed as floats by the stream engines and the usage counters: with
+# Stigg's bound for usage values (whole numbers up to 2^53 - 1) no sum can overflow, where two
+# values near 1.7e308 made +inf, and inf + -inf a NULL counter that blocked the consumer.
+MAX_DIMENSION_VALUE = 2.0**53 - 1
+# usage_minute's DateTime is unsigned seconds since 1970: an earlier event time cannot be
+# aggregated (every such minute collapsed into 1970-01-01 00:00).
+MIN_EVENT_TIME_MS = 0
+
+
+def dimension_value_problem(value: object) -> str | None:
+    """Why a numeric dimension value cannot be accepted (None when it can, or not numeric)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    if not -MAX_DIMENSION_VALUE <= value <= MAX_DIMENSION_VALUE:
+        return f"is out of range (at most {MAX_DIMENSION_VALUE:.0f} in absolute value)"
+    return None
+
+
+def event_time_problem(time_ms: int, now_ms: int, max_future_ms: int) -> str | None:
+    """Why an event time (epoch ms) cannot be accepted (None when it can)."""
+    if time_ms < MIN_EVENT_TIME_MS:
+        return "is before 1970-01-01T00:00:00Z"
+    if time_ms > now_ms + max_future_ms:
+        return f"is more than {max_future_ms / 1000:g}s in the future"
+    return None
+
+
 # --- Aggregated usage (topic ``usage.reports``) -------------------------------------------
 #
 # REST ``/api/v2/usage`` and GraphQL ``ReportUsage``/``ReportUsageBulk`` carry aggregated usage

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from byoc_platform.catalog import Budget, Feature
-from byoc_platform.events import UsageEvent
+from byoc_platform.events import MAX_DIMENSION_VALUE, UsageEvent, dimension_value_problem
 from enforcement.periods import CALENDAR, window
 from enforcement.state import NO_RESOURCE, LocalState
 from enforcement.store import BudgetKey, CounterKey, Store
@@ -141,6 +141,7 @@ class UsageCounters:
         now = time.time() if now is None else now
         features_by_event = self.state.env(environment).features_by_event
         counted = 0
+        unusable: list[str] = []
         deltas: dict[CounterKey, tuple[int, float]] = {}
         budget_deltas: dict[BudgetKey, tuple[int, float]] = {}
         with self.store.write_lock:
@@ -157,6 +158,12 @@ class UsageCounters:
                     for feature in features:
                         amount = event_amount(feature, ev)
                         if amount is None:
+                            continue
+                        if dimension_value_problem(amount) is not None:
+                            # Durable before ingestion bounded dimensions: a sum of such
+                            # values becomes inf (then NULL), failing the whole batch for
+                            # every customer on every retry. Left out, and said.
+                            unusable.append(f"{ev.customerId}/{ev.idempotencyKey}")
                             continue
                         end = self._increments(
                             environment,
@@ -186,6 +193,13 @@ class UsageCounters:
                 self.store.add_counters(conn, deltas, budget_deltas, now)
             self._apply_memory(deltas, budget_deltas)
         self.events_counted += counted
+        if unusable:
+            log.error(
+                "%d usage events not counted: a numeric value beyond %.0f (customer/key: %s)",
+                len(unusable),
+                MAX_DIMENSION_VALUE,
+                ", ".join(unusable[:5]),
+            )
         return counted
 
     def report(

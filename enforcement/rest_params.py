@@ -256,6 +256,8 @@ async def json_object(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise bad(f"request body is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:  # invalid UTF-8, absurd nesting
+        raise bad(f"request body is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise bad("request body must be a JSON object")
     return data

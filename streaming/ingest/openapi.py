@@ -33,7 +33,14 @@ _GRAPHQL_ERRORS = {
 _NON_EMPTY = {"type": "string", "minLength": 1}
 _DIMENSIONS = {
     "type": "object",
-    "additionalProperties": {"type": ["string", "number", "boolean"]},
+    "description": "Strings and booleans label the event; numbers are summed by meters and "
+    "must lie within ±(2^53 - 1)",
+    "additionalProperties": {
+        "anyOf": [
+            {"type": ["string", "boolean"]},
+            {"type": "number", "minimum": -(2**53 - 1), "maximum": 2**53 - 1},
+        ]
+    },
 }
 _DATETIME = {"type": "string", "format": "date-time"}
 _UNSUPPORTED = "The body is not declared `application/json` (Content-Type missing or another type)"
@@ -84,8 +91,8 @@ def _event(limit_note: str) -> dict[str, Any]:
             "timestamp": {
                 "type": ["string", "null"],
                 "format": "date-time",
-                "description": f"Event time (RFC 3339; naive = UTC; default: receive time). "
-                f"{limit_note}",
+                "description": f"Event time (RFC 3339; naive = UTC; default: receive time), "
+                f"not before 1970-01-01T00:00:00Z. {limit_note}",
             },
         },
     }

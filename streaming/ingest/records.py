@@ -29,7 +29,7 @@ import msgspec
 
 from byoc_platform.events import SCHEMA_VERSION, UsageReport, UsageReportBatch, record_key
 from streaming.ingest.producer import Record
-from streaming.ingest.wire import WireEvent
+from streaming.ingest.wire import Rejected, WireEvent
 
 MAX_RECORD_BYTES = 512 * 1024
 
@@ -81,9 +81,22 @@ def _pack(
     make: Callable[[list[Any]], Any],
 ) -> list[Record]:
     value = _encoder.encode(make(items))
-    if len(value) <= MAX_RECORD_BYTES or len(items) == 1:
+    if len(value) <= MAX_RECORD_BYTES:
         key = record_key(environment, items[0].customerId)
         return [Record(topic, key, value, received_ms, partition)]
+    if len(items) == 1:
+        # One item alone over the limit: the broker would refuse it (a 503 the client would
+        # retry forever). Nothing of the request is produced yet: refuse it as the client's.
+        item = items[0]
+        key_name = getattr(item, "idempotencyKey", None) or getattr(item, "id", "")
+        raise Rejected(
+            413,
+            f"Item too large: the item of customer {item.customerId[:64]!r} with key "
+            f"{str(key_name)[:64]!r} is {len(value)} bytes encoded (at most "
+            f"{MAX_RECORD_BYTES} per item)",
+            "too_large",
+            retryable=False,
+        )
     half = len(items) // 2
     return _pack(topic, environment, partition, received_ms, items[:half], make) + _pack(
         topic, environment, partition, received_ms, items[half:], make

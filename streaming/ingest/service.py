@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from byoc_platform.api_errors import ApiError
-from byoc_platform.events import UsageReport
+from byoc_platform.events import UsageReport, dimension_value_problem, event_time_problem
 from byoc_platform.plugins import RuntimeHooks, UsageOutcome
 from byoc_platform.settings import Settings
 from streaming.ingest import records, wire
@@ -147,17 +147,25 @@ class IngestService:
         self, environment: str, usages: Sequence[wire.UsageIn], received: int, path: str
     ) -> list[UsageReport]:
         reports = []
-        limit = received + self.max_future_ms
         for index, usage in enumerate(usages):
             where = f"{path}[{index}]" if path.endswith("usages") else path
             value = wire.round_value(usage.value, where)
             created = received if usage.createdAt is None else wire.epoch_ms(usage.createdAt)
-            if created > limit:
+            for name, dimension in (usage.dimensions or {}).items():
+                bad = dimension_value_problem(dimension)
+                if bad is not None:
+                    raise wire.Rejected(
+                        422,
+                        f"Invalid request: number {bad} - at `{where}.dimensions.{name}`",
+                        "invalid",
+                        retryable=False,
+                    )
+            problem = event_time_problem(created, received, self.max_future_ms)
+            if problem is not None:
                 raise wire.Rejected(
                     422,
-                    f"Invalid request: createdAt is more than "
-                    f"{self.max_future_ms / 1000:g}s in the future - at `{where}.createdAt`",
-                    "future_timestamp",
+                    f"Invalid request: createdAt {problem} - at `{where}.createdAt`",
+                    "future_timestamp" if created > received else "invalid",
                     retryable=False,
                 )
             if usage.idempotencyKey:

@@ -5,8 +5,8 @@ msgspec decodes and validates in one C pass; its errors already name the path
 :class:`~byoc_platform.api_errors.ApiError` with the status the contract asks for:
 
 - malformed JSON -> 400; more than ``max_events`` items -> 413; a missing, ill-typed or
-  unknown field, an empty batch, or a timestamp too far in the future -> 422 naming the index
-  and the field.
+  unknown field, an empty batch, a timestamp too far in the future or before 1970, or a
+  numeric dimension beyond 2^53 - 1 -> 422 naming the index and the field.
 
 Unknown fields are refused (REST as GraphQL): every field the official SDKs send is known
 (stigg-api.md), and a misspelt optional field (``idempotencykey``, ``resource_id``) would
@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from byoc_platform.api_errors import ApiError
+from byoc_platform.events import dimension_value_problem, event_time_problem
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Dimensions = dict[str, str | int | float | bool]
@@ -38,7 +39,6 @@ ONE_MS = timedelta(milliseconds=1)
 # Stigg's limits for usage values (the REST SDK's docstring of `value`).
 MAX_FRACTIONAL = 2.0**35
 MAX_WHOLE = 2.0**53 - 1
-MAX_DIMENSION = 2**1023  # numeric dimensions must stay finite as floats
 
 
 class WireEvent(msgspec.Struct, omit_defaults=True, gc=False, forbid_unknown_fields=True):
@@ -166,17 +166,17 @@ def check_count(count: int, max_items: int, what: str) -> None:
 def stamp_events(
     events: list[Any], now_ms: int, max_future_ms: int, path: str = "$.events"
 ) -> list[WireEvent]:
-    """Replace each event's datetime by epoch ms (receive time when absent); 422 if too new."""
-    limit = now_ms + max_future_ms
+    """Replace each event's datetime by epoch ms (receive time when absent); 422 when a
+    numeric dimension or the time is out of the bounds of byoc_platform.events."""
     for index, event in enumerate(events):
         for name, value in event.dimensions.items():
-            # A JSON integer beyond float range is valid JSON but no usable number: refuse it
-            # here, before it is durable (the stream engine sums dimensions as floats).
-            if type(value) is int and not -MAX_DIMENSION < value < MAX_DIMENSION:
+            # Refused here, before it is durable: the stream engines and the usage counters
+            # sum numeric dimensions as floats.
+            problem = dimension_value_problem(value)
+            if problem is not None:
                 raise Rejected(
                     422,
-                    f"Invalid request: number out of range - at "
-                    f"`{path}[{index}].dimensions.{name}`",
+                    f"Invalid request: number {problem} - at `{path}[{index}].dimensions.{name}`",
                     "invalid",
                     retryable=False,
                 )
@@ -187,12 +187,13 @@ def stamp_events(
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
         ms = (ts - EPOCH) // ONE_MS
-        if ms > limit:
+        problem = event_time_problem(ms, now_ms, max_future_ms)
+        if problem is not None:
             raise Rejected(
                 422,
-                f"Invalid request: timestamp {ts.isoformat()} is more than "
-                f"{max_future_ms / 1000:g}s in the future - at `{path}[{index}].timestamp`",
-                "future_timestamp",
+                f"Invalid request: timestamp {ts.isoformat()} {problem} - at "
+                f"`{path}[{index}].timestamp`",
+                "future_timestamp" if ms > now_ms else "invalid",
                 retryable=False,
             )
         event.timestamp = ms

@@ -282,6 +282,18 @@ def test_bad_credit_requests_are_4xx(runtime: Runtime) -> None:
             "/api/v1/credits/grants", content=b"{nope", headers={"content-type": "application/json"}
         )
         assert not_json.status_code == 400
+        # Invalid UTF-8 and absurd nesting surface as Python errors, not msgspec's: still 400,
+        # not retryable (they were a 500 the SDK retried).
+        for path, body in [
+            ("/api/v1/credits/consumption", b'{"amount":1,"currencyId":"\xff"}'),
+            ("/api/v1/credits/consumption/async", b'{"consumptions":["\xfe"]}'),
+            ("/api/v1/credits/grants", b"[" * 100_000 + b"]" * 100_000),
+            ("/api/v1/credits/reservations/r-1/release", b"[" * 100_000 + b"]" * 100_000),
+        ]:
+            answer = http.post(path, content=body, headers={"content-type": "application/json"})
+            assert answer.status_code == 400, (path, answer.text)
+            assert "not valid JSON" in answer.json()["error"]["message"]
+            assert answer.headers["x-should-retry"] == "false"
         unknown_res = http.post(
             "/api/v1/credits/reservations/none/release",
             json={"consumedAmount": 0, "currencyId": "credits", "customerId": "c-pro"},

@@ -147,6 +147,19 @@ def test_events_count_once_and_survive_a_reload(parts, tmp_path: Path) -> None: 
     assert reloaded.values == counters.values
 
 
+def test_values_beyond_the_ingestion_bound_are_left_out_not_fatal(parts) -> None:  # type: ignore[no-untyped-def]
+    # Durable before ingestion refused them: +inf, then inf + -inf made the counter NULL and
+    # the store refused the whole batch, for every customer, on every redelivery.
+    _, counters, engine = parts
+    huge = [ev("c-basic", f"p{i}", "llm.tokens", tokens=1.7e308) for i in range(2)]
+    huge += [ev("c-basic", f"n{i}", "llm.tokens", tokens=-1.7e308) for i in range(2)]
+    fine = [ev("c-basic", "t", "llm.tokens", tokens=7), ev("c-pro", "a")]
+    assert counters.apply_events("development", huge[:2]) == 0
+    assert counters.apply_events("development", huge[2:] + fine) == 2
+    assert engine.check("development", "c-basic", "f-tokens").current_usage == 7
+    assert engine.check("development", "c-pro", "f-calls").current_usage == 1
+
+
 def test_set_then_delta(parts) -> None:  # type: ignore[no-untyped-def]
     state, counters, engine = parts
     storage = state.env("development").features["f-storage"]

@@ -110,6 +110,32 @@ CASES: dict[str, tuple[Callable[[str], bytes | dict], int, str, list[str]]] = {
         "UNPROCESSABLE_ENTITY",
         ["$.events[1].timestamp", f"{MAX_SKEW_S}s in the future"],
     ),
+    "timestamp_before_1970": (
+        lambda c: {"events": [event(c, "a"), event(c, "b", timestamp="1969-12-31T23:59:59Z")]},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["$.events[1].timestamp", "before 1970-01-01"],
+    ),
+    # Two such values summed to inf (and inf + -inf to a NULL counter): refused before Kafka.
+    "huge_float_dimension": (
+        lambda c: {"events": [event(c, "a", dimensions={"tokens": 1.7e308})]},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["$.events[0].dimensions.tokens", "out of range"],
+    ),
+    "huge_integer_dimension": (
+        lambda c: {"events": [event(c, "a"), event(c, "b", dimensions={"tokens": -(2**53)})]},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["$.events[1].dimensions.tokens", "out of range"],
+    ),
+    # One event over the broker's record limit is the client's error, not a 503 to retry.
+    "one_event_over_the_record_limit": (
+        lambda c: {"events": [event(c, "a", dimensions={f"k{i}": i for i in range(60_000)})]},
+        413,
+        "PAYLOAD_TOO_LARGE",
+        ["Item too large", "bytes encoded"],
+    ),
     "empty_batch": (lambda c: {"events": []}, 422, "UNPROCESSABLE_ENTITY", ["at least one"]),
     # Unknown fields are refused, naming the field and the event (a typo is not dropped).
     "unknown_field": (
@@ -172,6 +198,20 @@ USAGE_CASES: dict[str, tuple[Callable[[str], dict], list[str]]] = {
     "unknown_field": (
         lambda c: {"usages": [{"customerId": c, "featureId": "f", "value": 1, "created_at": "x"}]},
         ["unknown field `created_at`", "$.usages[0]"],
+    ),
+    "created_at_before_1970": (
+        lambda c: {
+            "usages": [
+                {"customerId": c, "featureId": "f", "value": 1, "createdAt": "1900-01-01T00:00:00Z"}
+            ]
+        },
+        ["$.usages[0].createdAt", "before 1970-01-01"],
+    ),
+    "huge_dimension": (
+        lambda c: {
+            "usages": [{"customerId": c, "featureId": "f", "value": 1, "dimensions": {"n": 1e300}}]
+        },
+        ["$.usages[0].dimensions.n", "out of range"],
     ),
     "created_at_in_future": (
         lambda c: {
