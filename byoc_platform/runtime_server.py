@@ -54,7 +54,9 @@ def authenticate(keys: KeyStore, scope: Scope) -> bool:
     key = None
     for name, value in scope["headers"]:
         if name == b"x-api-key":
-            key = value.decode("latin-1")
+            # Surrounding blanks are not part of a field value (RFC 9110 5.5); parsers
+            # strip the leading ones only.
+            key = value.decode("latin-1").strip(" \t")
             break
     environment = keys.environment_of(key)
     if environment is None:

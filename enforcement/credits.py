@@ -151,8 +151,9 @@ class CreditService:
             available = min(current.available, float(available_after))
             updated = WalletBalance(  # not dataclasses.replace: this runs per consumption
                 usage_limit=current.usage_limit,
-                current_usage=current.usage_limit - available,
-                reserved=current.reserved + held,
+                # Credits are whole 1e-5 units; float differences are not (0.10001999999985856).
+                current_usage=round(current.usage_limit - available, 5),
+                reserved=round(current.reserved + held, 5),
                 available=available,
                 any_grant=current.any_grant,
                 revoked=current.revoked,

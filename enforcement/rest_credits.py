@@ -340,8 +340,12 @@ class CreditRoutes:
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_ASYNC:
             raise p.bad(f"consumptions must be a list of 1 to {MAX_ASYNC} consumptions")
         all_args = [_consumption_args(item, f"consumptions[{i}].") for i, item in enumerate(items)]
-        for args in all_args:
-            self._known_wallet(env, args)
+        for index, args in enumerate(all_args):
+            try:
+                self._known_wallet(env, args)
+            except ApiError as exc:  # name the item: nothing of the batch is applied
+                message = f"consumptions[{index}]: {exc.message}"
+                raise ApiError(exc.status, message, exc.code, retryable=exc.retryable) from None
 
         async def one(args: dict[str, Any]) -> tuple[str, Any]:
             try:

@@ -155,6 +155,9 @@ class EntitlementRoutes:
             return json({"data": credit_body(decision, currency_id)})
         if reservation_id is None:
             raise p.bad("reservationId is required with reserveAmount")
+        if request.method == "HEAD":
+            # HEAD is answered by this GET route, and a HEAD must not change anything.
+            raise p.bad("reserveAmount holds credits: send the check as GET, not HEAD")
         if ttl is not None and expires_at is not None:
             raise p.bad("reservationTtlSeconds and reservationExpiresAt are mutually exclusive")
         if expires_at is not None:

@@ -98,7 +98,7 @@ def _event(limit_note: str) -> dict[str, Any]:
     }
 
 
-def _usage(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _usage(max_future_skew_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
@@ -122,7 +122,11 @@ def _usage(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             "idempotencyKey": {"type": ["string", "null"], "minLength": 1},
             "resourceId": {"type": ["string", "null"], "minLength": 1},
             "dimensions": {"anyOf": [_DIMENSIONS, {"type": "null"}]},
-            "createdAt": {"anyOf": [_DATETIME, {"type": "null"}]},
+            "createdAt": {
+                "anyOf": [_DATETIME, {"type": "null"}],
+                "description": "Not before 1970-01-01T00:00:00Z, at most "
+                f"{max_future_skew_s:g}s in the future; default: receive time",
+            },
             **(extra or {}),
         },
     }
@@ -169,7 +173,12 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["usages"],
         "properties": {
-            "usages": {"type": "array", "minItems": 1, "maxItems": limit, "items": _usage()}
+            "usages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limit,
+                "items": _usage(settings.api.max_future_skew_s),
+            }
         },
     }
     graphql_body = {

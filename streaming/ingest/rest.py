@@ -69,7 +69,8 @@ def usage_json(report: UsageReport, outcome: UsageOutcome, received_ms: int) -> 
     if report.resourceId is not None:
         item["resourceId"] = report.resourceId
     if outcome.current_usage is not None:
-        item["currentUsage"] = outcome.current_usage
+        # Reports are whole 5-decimal values; their float sum is not (-0.8765400000000001).
+        item["currentUsage"] = round(outcome.current_usage, 5)
     for name, value in (
         ("usagePeriodStart", outcome.usage_period_start),
         ("usagePeriodEnd", outcome.usage_period_end),

@@ -248,6 +248,20 @@ def test_consumption_async_reports_refusals(
     assert data["consumed"] == 2
     assert [r["code"] for r in data["refused"]] == ["INSUFFICIENT_CREDITS"]
     assert credit_check(client, customer).current_usage == 8
+    # An unknown customer in one item: 404 naming that item, and none of the batch applied.
+    with runtime.http() as http:
+        unknown = http.post(
+            "/api/v1/credits/consumption/async",
+            json={
+                "consumptions": [
+                    {"amount": 1, "currencyId": "credits", "customerId": c, "idempotencyKey": k}
+                    for c, k in [(customer, "b1"), ("nobody-at-all", "b2")]
+                ]
+            },
+        )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["message"].startswith("consumptions[1]: customer")
+    assert credit_check(client, customer).current_usage == 8
 
 
 def test_credits_are_scoped_to_the_key_environment(runtime: Runtime) -> None:
@@ -261,6 +275,25 @@ def test_credits_are_scoped_to_the_key_environment(runtime: Runtime) -> None:
     with pytest.raises(NotFoundError):
         staging.v1.credits.grants.void("g-pro")
     assert credit_check(rest(runtime), "c-pro").usage_limit == 100
+
+
+def test_fractional_balances_answer_whole_credit_units(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    # The cached balance after a spend is usage limit minus available, in floats: it answered
+    # 0.10001999999985856 for 0.10002 (credits are whole 0.00001 units).
+    client = rest(runtime)
+    customer = new_customer(control_plane, runtime)
+    grant(client, customer, 1000.1)
+    usages = []
+    for index, amount in enumerate([0.1, 0.00002, 0.00001, 0.3]):
+        consumed = client.v1.credits.consumption.consume(
+            amount=amount, currency_id="credits", customer_id=customer, idempotency_key=f"f{index}"
+        )
+        assert consumed.data.credit is not None
+        usages.append(consumed.data.credit.current_usage)
+        usages.append(credit_check(client, customer).current_usage)
+    assert usages == [0.1, 0.1, 0.10002, 0.10002, 0.10003, 0.10003, 0.40003, 0.40003]
 
 
 def test_bad_credit_requests_are_4xx(runtime: Runtime) -> None:
@@ -294,6 +327,14 @@ def test_bad_credit_requests_are_4xx(runtime: Runtime) -> None:
             assert answer.status_code == 400, (path, answer.text)
             assert "not valid JSON" in answer.json()["error"]["message"]
             assert answer.headers["x-should-retry"] == "false"
+        # A HEAD of a reserving check holds nothing (HEAD runs the GET route).
+        check = "/api/v1/customers/c-pro/entitlements/check?currencyId=credits"
+        before = http.get(check).json()["data"]
+        assert before["usageLimit"] - before["currentUsage"] - before["reserved"] >= 7
+        head = http.head(f"{check}&reserveAmount=7&reservationId=head-1")
+        assert head.status_code == 400
+        assert http.get(check).json()["data"]["reserved"] == before["reserved"]
+        assert http.head(check).is_success
         unknown_res = http.post(
             "/api/v1/credits/reservations/none/release",
             json={"consumedAmount": 0, "currencyId": "credits", "customerId": "c-pro"},

@@ -9,7 +9,9 @@ import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.datastructures import QueryParams
 
+from byoc_platform.api_errors import ApiError
 from enforcement import rest_params as p
 from enforcement.openapi import _TIME
 
@@ -73,3 +75,27 @@ def test_a_cursor_of_more_than_18_digits_is_refused() -> None:
     for raw in ("9" * 19, "", "\u00b2", "1 "):
         with pytest.raises(Exception, match="after must be a cursor"):
             p.query_cursor(QueryParams({"after": raw}), "after")
+
+
+@pytest.mark.parametrize("raw", ["+5", "5_0", " 5", "5 ", "inf", "nan", "0x10", ".5", "5."])
+def test_query_numbers_are_json_numbers(raw: str) -> None:
+    with pytest.raises(ApiError) as number:
+        p.query_number(QueryParams({"requestedUsage": raw}), "requestedUsage")
+    assert number.value.status == 400 and "must be a number" in number.value.message
+    with pytest.raises(ApiError) as integer:
+        p.query_int(QueryParams({"limit": raw}), "limit", 1, 100)
+    assert integer.value.status == 400 and "must be an integer" in integer.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "number"), [("5", 5.0), ("-0.5", -0.5), ("1e-05", 0.00001), ("2E3", 2000.0)]
+)
+def test_query_numbers_as_clients_write_them(raw: str, number: float) -> None:
+    assert p.query_number(QueryParams({"n": raw}), "n") == number
+
+
+def test_a_very_long_query_integer_is_out_of_range_not_a_crash() -> None:
+    with pytest.raises(ApiError) as long:
+        p.query_int(QueryParams({"limit": "9" * 5000}), "limit", 1, 100)
+    assert "between 1 and 100" in long.value.message
+    assert p.query_int(QueryParams({"limit": "007"}), "limit", 1, 100) == 7

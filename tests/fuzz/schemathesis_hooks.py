@@ -1,10 +1,11 @@
 """Schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by test_openapi_schemathesis.py).
 
-Two rules relative to the server's clock cannot be written in JSON Schema: an ingested
-timestamp / createdAt may be at most ``api.max_future_skew_s`` (300 s) ahead, and a check's
-``reservationExpiresAt`` must lie in (now, now + 24 h]. Generated values that are not a
-date-time at all are kept (negative cases stay negative); a valid date-time is moved into the
-allowed range, so positive cases are really valid."""
+Rules on date-times that JSON Schema cannot state: an ingested timestamp / createdAt may be
+at most ``api.max_future_skew_s`` (300 s) ahead and not before 1970-01-01 UTC (documented in
+its description: a pattern cannot see the offset), and a check's ``reservationExpiresAt`` must
+lie in (now, now + 24 h]. Generated values that are not a date-time at all are kept (negative
+cases stay negative); a valid date-time is moved into the allowed range, so positive cases
+are really valid."""
 
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def _when(value: Any) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _clamped(value: Any) -> Any:
     when, now = _when(value), datetime.now(UTC)
-    return now.isoformat() if when is not None and when > now else value
+    if when is None:
+        return value
+    return now.isoformat() if when > now else EPOCH.isoformat() if when < EPOCH else value
 
 
 def _walk(node: Any) -> Any:

@@ -8,6 +8,7 @@ have written, so once the sentinel is read, the customer's events must be the se
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -314,6 +315,29 @@ def test_missing_or_invalid_api_key_is_401(
     assert response.json() == UNAUTHENTICATED
     if path == "/api/v1/events":
         assert_nothing_reached_kafka(ingest_api, events_reader, customer)
+
+
+@pytest.mark.parametrize("padded", [b"{} ", b"{}\t", b" {} \t"])
+def test_blanks_around_the_api_key_are_not_part_of_it(
+    padded: bytes, ingest_api: ApiProcess
+) -> None:
+    # Raw bytes: httpx refuses to send such a header value, other clients do not.
+    body = json.dumps({"events": [event(unique("padded"))]}).encode()
+    key = padded.replace(b"{}", ingest_api.api_key.encode())
+    port = int(ingest_api.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/v1/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-API-KEY:"
+            + key
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 def test_public_routes_need_no_key(ingest_api: ApiProcess) -> None:

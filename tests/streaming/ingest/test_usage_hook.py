@@ -42,7 +42,8 @@ class Applier:
         self.applied.append((environment, list(reports)))
         return [
             UsageOutcome(
-                current_usage=100 + r.value,
+                # "noisy": a float sum that is not a 5-decimal value (0.1 + 0.2).
+                current_usage=(0.2 if r.featureId == "noisy" else 100) + r.value,
                 usage_period_start=PERIOD_START,
                 usage_period_end=PERIOD_END,
             )
@@ -138,3 +139,16 @@ def test_refused_by_the_counters_owner_nothing_is_written_or_applied(
     assert sentinel.status_code == 200
     found = reports_reader.read([customer], lambda f: count(f, [customer]) >= 1)
     assert [u.featureId for u in items_of(found, customer)] == ["sentinel"]
+
+
+def test_rest_usage_answers_current_usage_in_whole_5_decimal_units(
+    infra: Stack, hooked: tuple[str, Applier]
+) -> None:
+    url, _ = hooked
+    response = httpx.post(
+        f"{url}/api/v2/usage",
+        json={"usages": [{"customerId": unique("noisy"), "featureId": "noisy", "value": 0.1}]},
+        headers={"X-API-KEY": infra.api_key},
+    )
+    assert response.status_code == 200
+    assert response.json()["data"]["usages"][0]["currentUsage"] == 0.3  # not 0.30000000000000004
