@@ -75,6 +75,7 @@ class EnforcementComponent:
             events_sink=self._produce_events,
             reload=self._reload,
             currencies=self.credits.currencies_of,
+            max_future_skew_s=settings.api.max_future_skew_s,
         )
         self.usage_hook = UsageHook(self.state, self.counters)
         # Aggregated usage accepted by ingestion (REST /api/v2/usage) lands in our counters.

@@ -6,7 +6,8 @@ the same (customer, feature, options) bytes arrive again and again, and answers 
 usage or the catalog changes. So:
 
 - ``decode``: request bytes -> the parsed SDK message, memoised in a bounded LRU (the handlers
-  treat requests as read-only);
+  treat requests as read-only); only small requests (checks) are kept, so the memo holds a
+  few tens of MB at most, never 20,000 usage reports of up to 1 MiB each;
 - ``encode``: a handler may return :class:`Encoded` (bytes it already has, e.g. from
   :class:`AnswerCache`) instead of a message; anything else is encoded by betterproto as usual.
 
@@ -51,6 +52,9 @@ class _Lru:
             self.items.popitem(last=False)
 
 
+MAX_CACHED_REQUEST_BYTES = 1024  # a check request is a few hundred bytes
+
+
 class CachingCodec(ProtoCodec):
     def __init__(self, size: int = 20_000) -> None:
         self._requests = _Lru(size)
@@ -61,6 +65,8 @@ class CachingCodec(ProtoCodec):
         return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        if len(data) > MAX_CACHED_REQUEST_BYTES:
+            return message_type.FromString(data)
         key = (message_type, data)
         cached = self._requests.get(key)
         if cached is None:

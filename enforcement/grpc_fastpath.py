@@ -22,15 +22,23 @@ Two layers, each falling back to the one below for anything it does not handle:
    does not know (late WINDOW_UPDATE, RST_STREAM, PRIORITY) are consumed here. Flow control
    is kept exactly: answer DATA waits for the connection window (h2's own counter,
    decremented by what is sent here) and the stream's window; request DATA received here is
-   given back with connection WINDOW_UPDATEs. Everything else (other RPCs, SETTINGS, PING,
-   GOAWAY, connection WINDOW_UPDATE) goes to h2 in arrival order.
+   given back with connection WINDOW_UPDATEs once its request is answered. Everything else
+   (other RPCs, SETTINGS, PING, GOAWAY, connection WINDOW_UPDATE) goes to h2 in arrival
+   order.
 2. Event path (:class:`_FastEvents`): a check whose headers h2 decoded (the first of each
    method, or while the client's table changes) is answered synchronously from h2's events,
-   through h2 (no task, no grpclib Stream); every other request goes to grpclib as before.
+   through h2 (no task, no grpclib Stream); every other request goes to grpclib, whose
+   handlers read their message with :func:`read_message`.
 
 Answers are what grpclib sends for the same handler result: a ``GRPCError`` becomes a
 trailers-only answer with its status and message, any other exception ``UNKNOWN`` /
 ``Internal Server Error`` (logged). All output of one read leaves in one ``send()``.
+
+Request size: a request message may hold at most ``MAX_REQUEST_BYTES``. A larger one is
+refused with ``RESOURCE_EXHAUSTED`` as soon as its 5-byte prefix declares it, on every path,
+and a stream's window is one such message: request bytes are given back only when their
+request is finished (grpclib: when read), so a stream can make the server hold about one
+message and a connection at most its window (grpclib's 4 MiB), however many streams it opens.
 """
 
 from __future__ import annotations
@@ -42,12 +50,14 @@ from typing import Any
 import h2.connection
 import h2.events
 import h2.settings
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.metadata import encode_grpc_message
 from grpclib.protocol import EventsProcessor, H2Protocol
-from grpclib.server import Handler, Server
+from grpclib.server import Handler, Server, Stream
+from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hpack.hpack import encode_integer
 
@@ -60,7 +70,9 @@ _CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
 _REPLY_TYPE = "application/grpc+proto"
 _OK_HEADERS = [(":status", "200"), ("content-type", _REPLY_TYPE)]
 _OK_TRAILERS = [("grpc-status", "0")]
-MAX_REQUEST_BYTES = 1024 * 1024  # a check request is a few hundred bytes
+MAX_REQUEST_BYTES = 1024 * 1024  # the largest request message; a check is a few hundred bytes
+_PREFIX_BYTES = 5  # gRPC message prefix: compressed flag, then the 4-byte big-endian length
+MAX_BODY_BYTES = _PREFIX_BYTES + MAX_REQUEST_BYTES  # a unary request's DATA at most
 _WINDOW_UPDATE_AT = 65_536  # give the connection window back in steps of this many bytes
 _PREFACE_BYTES = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -129,16 +141,78 @@ def _target_of(headers: Any, fast: dict[str, _Target]) -> _Target | None:
     return target if te == "trailers" else None
 
 
+_Problem = tuple[Status, str]
+_TRUNCATED = "request message shorter than its length prefix"
+
+
+def _prefix_problem(prefix: bytes | bytearray) -> _Problem | None:
+    """Why the message a 5-byte prefix announces cannot be read (None if it can)."""
+    if prefix[0] == 1:
+        # No compression is supported; the gRPC status table gives UNIMPLEMENTED for that.
+        return Status.UNIMPLEMENTED, "compressed request messages are not supported"
+    if prefix[0] != 0:
+        return Status.INVALID_ARGUMENT, "malformed message prefix (compressed flag not 0 or 1)"
+    if int.from_bytes(prefix[1:_PREFIX_BYTES], "big") > MAX_REQUEST_BYTES:
+        return Status.RESOURCE_EXHAUSTED, f"request message larger than {MAX_REQUEST_BYTES} bytes"
+    return None
+
+
+def _body_problem(body: bytes | bytearray, *, complete: bool) -> _Problem | None:
+    """Why a unary request body cannot be exactly one message (None if it can, or may still:
+    ``complete`` False means more DATA may follow). Visible problems are found early, so an
+    oversized or malformed body is refused before it is received."""
+    if len(body) < _PREFIX_BYTES:
+        if not complete:
+            return None
+        if not body:
+            return Status.INVALID_ARGUMENT, "request message missing"
+        return Status.INVALID_ARGUMENT, _TRUNCATED
+    problem = _prefix_problem(body)
+    if problem is not None:
+        return problem
+    size = _PREFIX_BYTES + int.from_bytes(body[1:_PREFIX_BYTES], "big")
+    if len(body) > size:
+        return Status.INVALID_ARGUMENT, "more than one request message (the method is unary)"
+    if complete and len(body) < size:
+        return Status.INVALID_ARGUMENT, _TRUNCATED
+    return None
+
+
+def decode(codec: CodecBase, message: bytes, request_type: type) -> Any:
+    """A request message, or INVALID_ARGUMENT: undecodable bytes are the client's mistake."""
+    try:
+        return codec.decode(message, request_type)
+    except Exception:
+        log.debug("undecodable %s", request_type.__name__, exc_info=True)
+        raise GRPCError(Status.INVALID_ARGUMENT, "malformed request message") from None
+
+
+async def read_message(stream: Stream[Any, Any]) -> bytes:
+    """The one request message of a unary call on grpclib's path, checked as the fast path
+    checks it. grpclib's own ``recv_message`` reads (and gives window back for) whatever
+    length a prefix declares, up to 2 GiB, and fails with an exception (UNKNOWN, an error
+    traceback) on a compressed or truncated message, or returns None for none."""
+    h2_stream = stream._stream  # grpclib's HTTP/2 stream: there is no public raw read
+    try:
+        body = await h2_stream.recv_data(_PREFIX_BYTES)
+        if len(body) == _PREFIX_BYTES and _prefix_problem(body) is None:
+            body += await h2_stream.recv_data(int.from_bytes(body[1:], "big"))
+    except AssertionError:  # grpclib's Buffer: the stream ended inside the bytes asked for
+        raise GRPCError(Status.INVALID_ARGUMENT, _TRUNCATED) from None
+    problem = _body_problem(body, complete=True)
+    if problem is not None:
+        raise GRPCError(*problem)
+    return body[_PREFIX_BYTES:]
+
+
 def _reply(target: _Target, data: bytes, codec: Any) -> tuple[bytes | None, Status, str | None]:
     """Run one check: (answer bytes, OK, None) or (None, status, message)."""
     method, request_type, reply_type = target
-    if len(data) < 5 or data[0] != 0 or int.from_bytes(data[1:5], "big") != len(data) - 5:
-        return None, Status.INTERNAL, "expected exactly one uncompressed message"
+    problem = _body_problem(data, complete=True)
+    if problem is not None:
+        return None, *problem
     try:
-        request = codec.decode(data[5:], request_type)
-    except Exception:
-        return None, Status.INVALID_ARGUMENT, "malformed request message"
-    try:
+        request = decode(codec, data[_PREFIX_BYTES:], request_type)
         return codec.encode(method(request), reply_type), Status.OK, None
     except GRPCError as exc:
         return None, exc.status, exc.message
@@ -162,11 +236,12 @@ def _error_headers(status: Status, message: str | None) -> list[tuple[str, str]]
 class _Call:
     """One check request being received."""
 
-    __slots__ = ("data", "target")
+    __slots__ = ("data", "received", "target")
 
     def __init__(self, target: _Target) -> None:
         self.target = target
         self.data = bytearray()
+        self.received = 0  # flow-controlled bytes, given back when the request is finished
 
 
 class _Out:
@@ -210,8 +285,19 @@ class _FastEvents(EventsProcessor):
             self.process_data_received(event)
             return
         call.data += event.data
-        # Give the window back (sent with this read's single write).
-        self._protocol.h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        call.received += event.flow_controlled_length
+        if event.stream_ended is not None:
+            return  # answered by _stream_ended, next
+        problem = _body_problem(call.data, complete=False)
+        if problem is not None:  # refused before the rest of it is sent
+            del self._calls[event.stream_id]
+            self._protocol.stats.decoded += 1
+            h2c = self._protocol.h2c
+            h2c.send_headers(event.stream_id, _error_headers(*problem), end_stream=True)
+            # NO_ERROR: stop sending the request (RFC 9113 8.1); reset before the window is
+            # given back, so only the connection's window grows, not this stream's.
+            h2c.reset_stream(event.stream_id, ErrorCodes.NO_ERROR)
+            h2c.acknowledge_received_data(call.received, event.stream_id)
 
     def _stream_ended(self, event: h2.events.StreamEnded) -> None:
         call = self._calls.pop(event.stream_id, None)
@@ -219,6 +305,8 @@ class _FastEvents(EventsProcessor):
             self.process_stream_ended(event)
             return
         h2c = self._protocol.h2c
+        if call.received:  # sent with this read's single write
+            h2c.acknowledge_received_data(call.received, event.stream_id)
         self._protocol.stats.decoded += 1
         answer, status, message = _reply(call.target, bytes(call.data), self._protocol.codec)
         if answer is None:
@@ -230,7 +318,10 @@ class _FastEvents(EventsProcessor):
         self.connection.streams_succeeded += 1
 
     def _stream_reset(self, event: h2.events.StreamReset) -> None:
-        if self._calls.pop(event.stream_id, None) is not None:
+        call = self._calls.pop(event.stream_id, None)
+        if call is not None:
+            if call.received:
+                self._protocol.h2c.acknowledge_received_data(call.received, event.stream_id)
             return
         if self._unsent.pop(event.stream_id, None) is not None:
             return
@@ -278,6 +369,7 @@ class FastStats:
     __slots__ = ("decoded", "routed")
 
     def __init__(self) -> None:
+        # Answers, refusals included.
         self.routed = 0  # layer 1: header block recognised, h2 bypassed
         self.decoded = 0  # layer 2: h2 decoded the headers, answered from its events
 
@@ -393,25 +485,32 @@ class _FastProtocol(H2Protocol):
         if not self._ours(stream_id):
             return False
         if kind == _DATA:
-            length = end - pos - 9
-            self._unacked += length  # flow-controlled length, padding included
+            length = end - pos - 9  # flow-controlled length, padding included
             call = self._calls.get(stream_id)
             if call is None:
-                return True  # DATA after the end of a routed stream: dropped
+                self._unacked += length  # DATA after the end of a routed stream: dropped
+                return True
             start, stop = pos + 9, end
             if flags & _PADDED and length:
                 pad = buffer[start]
                 start, stop = start + 1, end - pad
             call.data += buffer[start:stop]
-            if len(call.data) > MAX_REQUEST_BYTES:
-                del self._calls[stream_id]
-                self._error(stream_id, Status.RESOURCE_EXHAUSTED, "request too large")
-            elif flags & _END_STREAM:
+            call.received += length
+            if flags & _END_STREAM:
                 del self._calls[stream_id]
                 self._answer(stream_id, call)
+                return True
+            problem = _body_problem(call.data, complete=False)
+            if problem is not None:  # refused before the rest of it is sent
+                del self._calls[stream_id]
+                self.stats.routed += 1
+                self._unacked += call.received
+                self._error(stream_id, *problem, reset=True)
             return True
         if kind == _RST_STREAM:
-            self._calls.pop(stream_id, None)
+            call = self._calls.pop(stream_id, None)
+            if call is not None:
+                self._unacked += call.received
             self._unsent.pop(stream_id, None)
             return True
         if kind == _WINDOW_UPDATE:
@@ -441,6 +540,7 @@ class _FastProtocol(H2Protocol):
     # --- answering routed requests ----------------------------------------------------------
 
     def _answer(self, stream_id: int, call: _Call) -> None:
+        self._unacked += call.received
         self.stats.routed += 1
         answer, status, message = _reply(call.target, bytes(call.data), self.codec)
         if answer is None:
@@ -451,11 +551,15 @@ class _FastProtocol(H2Protocol):
         self._unsent[stream_id] = out
         self._send(stream_id, out)
 
-    def _error(self, stream_id: int, status: Status, message: str | None) -> None:
+    def _error(
+        self, stream_id: int, status: Status, message: str | None, *, reset: bool = False
+    ) -> None:
         block = _ANSWER_HEADERS_BLOCK + _literal("grpc-status", str(status.value))
         if message is not None:
             block += _literal("grpc-message", encode_grpc_message(message))
         self._out += _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block)
+        if reset:  # NO_ERROR: stop sending the request (RFC 9113 8.1)
+            self._out += _frame(_RST_STREAM, 0, stream_id, ErrorCodes.NO_ERROR.to_bytes(4, "big"))
 
     def _send(self, stream_id: int, out: _Out) -> None:
         h2c = self.h2c
@@ -497,6 +601,8 @@ class FastCheckServer(Server):
         codec: CodecBase,
         **kwargs: Any,
     ) -> None:
+        # A stream's window is one request message: see the module docstring.
+        kwargs.setdefault("config", Configuration(http2_stream_window_size=MAX_BODY_BYTES))
         super().__init__(handlers, codec=codec, **kwargs)
         self._fast: dict[str, _Target] = {
             path: (method, self._mapping[path].request_type, self._mapping[path].reply_type)

@@ -5,6 +5,12 @@ serves ONE environment, ``settings.environment``, as Stigg's own sidecar does: r
 per environment. Checks are answered from memory in the event loop (no I/O); their answers
 go through a caching codec (grpc_codec.py) that spares repeated betterproto work. Usage
 reports write the store in a worker thread so the loop keeps answering checks meanwhile.
+
+Bad input is the client's mistake, answered INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a message
+over the size limit, UNIMPLEMENTED for a compressed one) with a message naming what is wrong,
+never UNKNOWN with a traceback in the log: message framing and decoding are checked before any
+handler runs (grpc_fastpath.py), and usage reports get the bounds REST applies
+(byoc_platform.events: event times, numeric dimensions; ``api.max_future_skew_s``).
 """
 
 from __future__ import annotations
@@ -15,20 +21,24 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import betterproto
 import betterproto.lib.google.protobuf as pb_google
 import grpclib
+import grpclib.const
+import grpclib.server
 from grpclib.const import Status
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
-from byoc_platform.events import UsageEvent
+from byoc_platform.events import UsageEvent, dimension_value_problem, event_time_problem
+from byoc_platform.settings import ApiSettings
 from enforcement import sidecar_messages as msg
 from enforcement.counters import UsageCounters
 from enforcement.engine import BOOLEAN, ENUM, METERED, NUMERIC, EntitlementEngine
 from enforcement.grpc_codec import AnswerCache, CachingCodec
+from enforcement.grpc_fastpath import decode, read_message
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +46,20 @@ EventSink = Callable[[str, list[UsageEvent]], Awaitable[None]]
 Reloader = Callable[[], Awaitable[None]]
 
 _SET = pb.UsageUpdateBehavior.USAGE_UPDATE_BEHAVIOR_SET
+_BEHAVIORS = frozenset(pb.UsageUpdateBehavior)  # betterproto passes unknown values as ints
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+DEFAULT_MAX_FUTURE_SKEW_S = ApiSettings().max_future_skew_s
 
 
 def _epoch(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
+
+
+def _epoch_ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _ONE_MS  # exact: float seconds * 1000 can be 1 ms off
 
 
 def _dimension(value: pb.EventDimensionValue) -> str | float | bool:
@@ -61,8 +81,10 @@ class SidecarService(pb.SidecarServiceBase):
         events_sink: EventSink | None = None,
         reload: Reloader | None = None,
         currencies: Callable[[str, str, str | None], list[str]] = lambda env, c, r: [],
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,  # settings.api, as REST
     ) -> None:
         self.environment = environment
+        self.max_future_ms = int(max_future_skew_s * 1000)
         self.engine = engine
         self.counters = counters
         self.events_sink = events_sink
@@ -70,6 +92,30 @@ class SidecarService(pb.SidecarServiceBase):
         self.currencies = currencies  # the credit currencies a customer holds wallets in
         self.answers = AnswerCache()
         self.codec = CachingCodec()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        # The generated handlers pass on what grpclib's recv_message gives: None for a request
+        # without a message, its exceptions (UNKNOWN, an error traceback) for a compressed,
+        # truncated or undecodable one, and it reads any length a prefix declares. Ours read
+        # the message as the fast path does.
+        return {
+            path: grpclib.const.Handler(self._unary(h), h.cardinality, h.request_type, h.reply_type)
+            for path, h in super().__mapping__().items()
+        }
+
+    def _unary(self, handler: grpclib.const.Handler) -> Callable[[Any], Awaitable[None]]:
+        method = getattr(self, handler.func.__name__.removeprefix("__rpc_"))
+        request_type = handler.request_type
+
+        async def rpc(stream: grpclib.server.Stream[Any, Any]) -> None:
+            data = await read_message(stream)
+            problem = msg.timestamp_problem(data, request_type)
+            if problem is not None:
+                raise grpclib.GRPCError(Status.INVALID_ARGUMENT, problem)
+            request = decode(self.codec, data, request_type)
+            await stream.send_message(await method(request))
+
+        return rpc
 
     def fast_methods(self) -> dict[str, Callable[[Any], Any]]:
         """The checks by gRPC path: synchronous, answered from memory (grpc_fastpath.py)."""
@@ -158,7 +204,7 @@ class SidecarService(pb.SidecarServiceBase):
                 fb = msg.fallback_from(
                     f.has_access, usage_limit=f.usage_limit, is_unlimited=f.is_unlimited
                 )
-        _finite("requested_usage", requested)
+        _requested_usage(requested)
         d = self.engine.check(
             self.environment,
             request.customer_id,
@@ -236,7 +282,7 @@ class SidecarService(pb.SidecarServiceBase):
                     usage_limit=f.usage_limit,
                     enum_values=list(f.enum_values),
                 )
-        _finite("requested_usage", requested)
+        _requested_usage(requested)
         return self.engine.check(
             self.environment,
             customer_id,
@@ -278,7 +324,7 @@ class SidecarService(pb.SidecarServiceBase):
             requested = 0.0
             if request.options is not None and request.options.requested_usage is not None:
                 requested = request.options.requested_usage
-            _finite("requested_usage", requested)
+            _requested_usage(requested)
             c = self.engine.check_credit(
                 self.environment,
                 request.customer_id,
@@ -347,18 +393,34 @@ class SidecarService(pb.SidecarServiceBase):
     ) -> pb.ReportUsageBulkResponse:
         if len(request.usages) > 1000:
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at most 1000 usages per call")
-        for usage in request.usages:  # validate all before applying any
-            self._validate_usage(usage)
+        if not request.usages:
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at least one usage is required")
+        now_ms = int(time.time() * 1000)
+        for i, usage in enumerate(request.usages):  # validate all before applying any
+            self._validate_usage(usage, now_ms, f"usages[{i}].")
         return pb.ReportUsageBulkResponse(
             usages=[await self._report(usage) for usage in request.usages]
         )
 
-    def _validate_usage(self, request: pb.ReportUsageRequest):  # type: ignore[no-untyped-def]
+    def _validate_usage(  # type: ignore[no-untyped-def]
+        self, request: pb.ReportUsageRequest, now_ms: int, path: str = ""
+    ):
+        """The usage's metered feature, or a GRPCError; ``path`` prefixes field names."""
         if not request.customer_id or not request.feature_id:
             raise grpclib.GRPCError(
-                Status.INVALID_ARGUMENT, "customer_id and feature_id are required"
+                Status.INVALID_ARGUMENT, f"{path}customer_id and {path}feature_id are required"
             )
-        _finite("value", request.value)
+        _finite(f"{path}value", request.value)
+        behavior = request.update_behavior
+        if behavior is not None and behavior not in _BEHAVIORS:
+            raise grpclib.GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"{path}update_behavior {behavior} is not a UsageUpdateBehavior value",
+            )
+        if request.timestamp is not None:
+            problem = event_time_problem(_epoch_ms(request.timestamp), now_ms, self.max_future_ms)
+            if problem is not None:
+                raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"{path}timestamp {problem}")
         env = self.engine.state.env(self.environment)
         feature = env.features.get(request.feature_id)
         if feature is None:
@@ -380,7 +442,7 @@ class SidecarService(pb.SidecarServiceBase):
         return feature
 
     async def _report(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:
-        feature = self._validate_usage(request)
+        feature = self._validate_usage(request, int(time.time() * 1000))
         behavior = "SET" if request.update_behavior == _SET else "DELTA"
         at = _epoch(request.timestamp) if request.timestamp is not None else None
         result = await asyncio.to_thread(
@@ -410,6 +472,8 @@ class SidecarService(pb.SidecarServiceBase):
             raise grpclib.GRPCError(Status.UNAVAILABLE, "event reporting is not configured")
         if len(request.events) > 1000:
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at most 1000 events per call")
+        if not request.events:
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at least one event is required")
         now_ms = int(time.time() * 1000)
         events: list[UsageEvent] = []
         for i, ev in enumerate(request.events):
@@ -420,17 +484,23 @@ class SidecarService(pb.SidecarServiceBase):
                 )
             dims = {name: _dimension(value) for name, value in ev.dimensions.items()}
             for name, value in dims.items():
-                if isinstance(value, float) and not math.isfinite(value):
+                # The stream engines and the counters sum numeric dimensions as floats.
+                problem = dimension_value_problem(value)
+                if problem is not None:
                     raise grpclib.GRPCError(
-                        Status.INVALID_ARGUMENT, f"events[{i}].dimensions.{name} is not finite"
+                        Status.INVALID_ARGUMENT, f"events[{i}].dimensions.{name} {problem}"
                     )
-            ts = _epoch(ev.timestamp)
+            at_ms = now_ms if ev.timestamp is None else _epoch_ms(ev.timestamp)
+            # A future time would move the stream watermark of every customer on the partition.
+            problem = event_time_problem(at_ms, now_ms, self.max_future_ms)
+            if problem is not None:
+                raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"events[{i}].timestamp {problem}")
             events.append(
                 UsageEvent(
                     customerId=ev.customer_id,
                     eventName=ev.event_name,
                     idempotencyKey=ev.idempotency_key,
-                    timestamp=int(ts * 1000) if ts is not None else now_ms,
+                    timestamp=at_ms,
                     resourceId=ev.resource_id or None,
                     dimensions=dims,
                 )
@@ -460,3 +530,9 @@ class SidecarService(pb.SidecarServiceBase):
 def _finite(name: str, value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"{name} must be a finite number")
+
+
+def _requested_usage(value: float | None) -> None:
+    _finite("requested_usage", value)
+    if value is not None and value < 0:  # REST: 400 "requestedUsage must be at least 0"
+        raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "requested_usage must be at least 0")

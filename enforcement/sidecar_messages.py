@@ -1,9 +1,12 @@
-"""Engine decisions as the SidecarService messages the official SDK ships (betterproto)."""
+"""Engine decisions as the SidecarService messages the official SDK ships (betterproto), and
+the request timestamps as sent (:func:`timestamp_problem`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import betterproto
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
 from byoc_platform.catalog import Currency, Feature
@@ -254,3 +257,69 @@ def decision_key(rpc: str, d: Decision, feature_id: str) -> tuple:
         if fb is not None
         else None,
     )
+
+
+# --- request timestamps as sent ----------------------------------------------------------------
+#
+# betterproto turns a google.protobuf.Timestamp into a datetime while parsing: seconds outside
+# datetime's years 1..9999 fail the whole parse with a ValueError, and nanos outside
+# [0, 1e9) are silently folded into the seconds. These mirrors of the usage requests read
+# only their timestamps, as sent, so such a value is refused by name before the real parse.
+
+# Timestamp's own range (google/protobuf/timestamp.proto), which is also datetime's.
+MIN_TIMESTAMP_S = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+@dataclass(eq=False, repr=False)
+class _Timestamp(betterproto.Message):
+    seconds: int = betterproto.int64_field(1)
+    nanos: int = betterproto.int32_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class _EventTime(betterproto.Message):  # pb.Event
+    timestamp: _Timestamp = betterproto.message_field(6)  # noqa: RUF009 (a dataclass field)
+
+
+@dataclass(eq=False, repr=False)
+class _UsageTime(betterproto.Message):  # pb.ReportUsageRequest
+    timestamp: _Timestamp = betterproto.message_field(7)  # noqa: RUF009 (a dataclass field)
+
+
+@dataclass(eq=False, repr=False)
+class _EventsTimes(betterproto.Message):  # pb.ReportEventsRequest
+    events: list[_EventTime] = betterproto.message_field(1)  # noqa: RUF009 (a dataclass field)
+
+
+@dataclass(eq=False, repr=False)
+class _UsagesTimes(betterproto.Message):  # pb.ReportUsageBulkRequest
+    usages: list[_UsageTime] = betterproto.message_field(1)  # noqa: RUF009 (a dataclass field)
+
+
+def _raw_times(data: bytes, request_type: type) -> list[tuple[str, _Timestamp]]:
+    """(field path, timestamp as sent) of a request; empty for requests without any."""
+    if request_type is pb.ReportUsageRequest:
+        return [("timestamp", _UsageTime().parse(data).timestamp)]
+    if request_type is pb.ReportEventsRequest:
+        events = _EventsTimes().parse(data).events
+        return [(f"events[{i}].timestamp", e.timestamp) for i, e in enumerate(events)]
+    if request_type is pb.ReportUsageBulkRequest:
+        usages = _UsagesTimes().parse(data).usages
+        return [(f"usages[{i}].timestamp", u.timestamp) for i, u in enumerate(usages)]
+    return []
+
+
+def timestamp_problem(data: bytes, request_type: type) -> str | None:
+    """Why a timestamp of a serialised request cannot be read, naming it (None when all can,
+    or the request cannot be parsed at all: the real parse reports that)."""
+    try:
+        times = _raw_times(data, request_type)
+    except Exception:
+        return None
+    for path, ts in times:
+        if not MIN_TIMESTAMP_S <= ts.seconds <= MAX_TIMESTAMP_S:
+            return f"{path}.seconds is out of range (years 0001 to 9999)"
+        if not 0 <= ts.nanos < 1_000_000_000:
+            return f"{path}.nanos must be in [0, 999999999]"
+    return None

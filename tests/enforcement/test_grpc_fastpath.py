@@ -23,6 +23,8 @@ from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 from enforcement.grpc_fastpath import (
     _ANSWER_HEADERS_BLOCK,
     _ANSWER_TRAILERS_BLOCK,
+    MAX_BODY_BYTES,
+    MAX_REQUEST_BYTES,
     indexed_only,
 )
 from tests.enforcement.harness import Runtime
@@ -125,6 +127,31 @@ class H2Client:
     def answer(self, sid: int) -> dict[str, Any]:
         self.pump(lambda: self.responses[sid]["ended"])
         return self.responses[sid]
+
+    def open(self, path: str = METERED) -> int:
+        """Send the headers of a request whose body ``push`` sends."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, self.headers(path))
+        self.track(sid)
+        self.send()
+        return sid
+
+    def push(self, sid: int, body: bytes, *, end_stream: bool = True) -> int:
+        """Send ``body`` as fast as flow control lets us, until all of it is sent or the server
+        ends the stream; the bytes sent. Waits only when the windows are closed."""
+        r = self.responses[sid]
+        sent = 0
+        while sent < len(body) and not r["ended"]:
+            window = self.conn.local_flow_control_window(sid)
+            size = min(len(body) - sent, window, self.conn.max_outbound_frame_size)
+            if size <= 0:
+                self.pump(lambda: r["ended"] or self.conn.local_flow_control_window(sid) > 0)
+                continue
+            last = sent + size == len(body)
+            self.conn.send_data(sid, body[sent : sent + size], end_stream=end_stream and last)
+            self.send()
+            sent += size
+        return sent
 
     def close(self) -> None:
         self.sock.close()
@@ -258,19 +285,98 @@ def test_invalid_argument_is_a_trailers_only_answer_on_the_routed_path(
 
 
 @pytest.mark.parametrize(
-    ("body", "status"),
+    ("body", "answer"),
     [
-        (grpc_frame(bytes(REQUEST), compressed=True), "13"),  # INTERNAL: no compression
-        (grpc_frame(bytes(REQUEST))[:-3], "13"),  # a truncated message
-        (grpc_frame(b"\xff\xff\xff"), "3"),  # INVALID_ARGUMENT: not a request message
+        # UNIMPLEMENTED: the gRPC status for a compression the server does not support.
+        (
+            grpc_frame(bytes(REQUEST), compressed=True),
+            ("12", "compressed request messages are not supported"),
+        ),
+        (grpc_frame(bytes(REQUEST))[:-3], ("3", "request message shorter than its length prefix")),
+        (BODY[:3], ("3", "request message shorter than its length prefix")),
+        (b"", ("3", "request message missing")),
+        (BODY + BODY, ("3", "more than one request message (the method is unary)")),
+        (b"\x02" + BODY[1:], ("3", "malformed message prefix (compressed flag not 0 or 1)")),
+        (grpc_frame(b"\xff\xff\xff"), ("3", "malformed request message")),
     ],
 )
 def test_malformed_requests_get_a_grpc_error_not_a_broken_connection(
-    client: H2Client, body: bytes, status: str
+    client: H2Client, body: bytes, answer: tuple[str, str]
 ) -> None:
     for _ in range(3):  # both layers: h2 decodes the first two, the router takes the third
-        assert status_of(client.roundtrip(body))[0] == status
+        assert status_of(client.roundtrip(body)) == answer
     assert metered(client.roundtrip(BODY)).has_access
+
+
+# --- request size ----------------------------------------------------------------------------
+
+HUGE = b"\x00" + (0x7FFFFFFF).to_bytes(4, "big") + bytes(8 * 1024 * 1024)  # declares 2 GiB
+TOO_LARGE = ("8", f"request message larger than {MAX_REQUEST_BYTES} bytes")  # RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_an_oversized_check_is_refused_at_its_prefix_and_the_connection_goes_on(
+    runtime: Runtime, client: H2Client, routed: bool
+) -> None:
+    if routed:
+        for _ in range(3):  # teach the router this connection's header block
+            client.roundtrip(BODY)
+    before = stats(runtime)
+    sid = client.open()
+    sent = client.push(sid, HUGE, end_stream=False)
+    answer = client.answer(sid)
+    assert status_of(answer) == TOO_LARGE
+    assert answer["data"] == b""
+    # The stream's window is one message and is never given back to a refused request: the
+    # server let in at most that much of the 8 MiB.
+    assert sent <= MAX_BODY_BYTES
+    after = stats(runtime)
+    assert after[0 if routed else 1] == before[0 if routed else 1] + 1  # the layer that refused
+    assert metered(client.roundtrip(BODY)).has_access  # same connection, next request
+
+
+def test_an_oversized_report_is_refused_before_it_is_read(client: H2Client) -> None:
+    """grpclib's path (ReportEvents): its own reading would take the declared 2 GiB."""
+    sid = client.open(SERVICE + "ReportEvents")
+    sent = client.push(sid, HUGE, end_stream=False)
+    assert status_of(client.answer(sid)) == TOO_LARGE
+    # One message, plus at most the one DATA frame grpclib gave back reading the prefix.
+    assert sent <= MAX_BODY_BYTES + client.conn.max_outbound_frame_size
+    assert metered(client.roundtrip(BODY)).has_access
+
+
+@pytest.mark.parametrize(
+    ("path", "request_type", "reply_type", "found"),
+    [
+        (  # the fast path
+            "GetBooleanEntitlement",
+            pb.GetBooleanEntitlementRequest,
+            pb.GetBooleanEntitlementResponse,
+            "has_access",
+        ),
+        (  # grpclib's path
+            "ReloadEntitlements",
+            pb.ReloadEntitlementsRequest,
+            pb.ReloadEntitlementsResponse,
+            "entitled_entity_exists",
+        ),
+    ],
+)
+def test_a_message_of_exactly_the_limit_is_answered_one_byte_more_is_refused(
+    client: H2Client, path: str, request_type: Any, reply_type: Any, found: str
+) -> None:
+    # Field 1 (customer_id): 1-byte tag, 3-byte length, the id.
+    largest = bytes(request_type(customer_id="x" * (MAX_REQUEST_BYTES - 4)))
+    assert len(largest) == MAX_REQUEST_BYTES
+    sid = client.open(SERVICE + path)
+    client.push(sid, grpc_frame(largest))
+    answer = client.answer(sid)
+    assert status_of(answer) == ("0", None)
+    assert getattr(reply_type().parse(answer["data"][5:]), found) is False  # no such customer
+    over = bytes(request_type(customer_id="x" * (MAX_REQUEST_BYTES - 3)))
+    sid = client.open(SERVICE + path)
+    client.push(sid, grpc_frame(over))
+    assert status_of(client.answer(sid)) == TOO_LARGE
 
 
 # --- HTTP/2 corners -------------------------------------------------------------------------
