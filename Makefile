@@ -50,7 +50,7 @@ format:  ## apply ruff fixes and formatting
 test: install lint  ## install, lint, then run the whole test suite
 	.venv/bin/pytest
 
-# Not in `make test` yet: it fails on finding F9 (docs/reliability.md) in some runs.
+# Also run by `make test` (tests/faults is collected with the rest); here alone, with its output.
 faults: install  ## the fault test: SIGKILL every component 3x under load, exact reconciliation
 	.venv/bin/pytest -s tests/faults/test_kill_components_under_load.py
 

@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from byoc_platform.cli_settings import DataDir, load_settings
+from byoc_platform.cli_settings import DataDir, load_settings, running_stack_settings
 
 if TYPE_CHECKING:
     pass
@@ -136,7 +136,8 @@ def backfill(
         for i in range(int((last - first) / timedelta(hours=1)) + 1)
     ]
     assets = ["hourly_usage_rollup", *(["published_usage"] if publish else [])]
-    url = f"http://{settings.host}:{settings.ports.dagster}"
+    stack = running_stack_settings(settings)  # the Dagster of the stack in --data-dir
+    url = f"http://{stack.host}:{stack.ports.dagster}"
     try:
         with DagsterBackfills(url) as dagster:
             backfill_id = dagster.launch(assets, keys)

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from byoc_platform import logs
-from byoc_platform.cli_settings import DataDir, load_settings
+from byoc_platform.cli_settings import DataDir, load_settings, running_stack_settings
 from byoc_platform.plugins import cli_extensions
 from byoc_platform.settings import Settings
+from byoc_platform.stack.processes import is_running
 
 app = typer.Typer(
     help="byoc-platform: usage metering and enforcement runtime, in your own cloud.",
@@ -32,26 +33,21 @@ console = Console(stderr=True)
 
 def _stack_state(settings: Settings) -> dict[str, Any]:
     try:
-        return json.loads(settings.stack_file.read_text())
+        state = json.loads(settings.stack_file.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+    if not isinstance(state, dict) or not isinstance(state.get("components", {}), dict):
+        console.print(f"[yellow]ignoring {settings.stack_file}: not a stack state[/yellow]")
+        return {}
+    return state
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def _supervisor_alive(state: dict[str, Any]) -> bool:
+    return is_running(state.get("supervisor_pid"), state.get("supervisor_start"))
+
+
+def _component_alive(info: Any) -> bool:
+    return isinstance(info, dict) and is_running(info.get("pid"), info.get("pid_start"))
 
 
 def _endpoint_table(settings: Settings, state: dict[str, Any]) -> Table:
@@ -81,12 +77,13 @@ def up(
 ) -> None:
     """Start the whole local stack in the foreground (Ctrl-C or `byoc down` stops it)."""
     from byoc_platform.stack.bootstrap import ensure_api_key
+    from byoc_platform.stack.components import BY_NAME
     from byoc_platform.stack.supervisor import ComponentFailed, Supervisor
 
     settings = load_settings(data_dir, console)
     logs.configure("supervisor", settings.log_level)
     state = _stack_state(settings)
-    if _alive(state.get("supervisor_pid")):
+    if _supervisor_alive(state):
         console.print(
             f"[red]a stack is already running from {settings.data_dir} "
             f"(supervisor pid {state['supervisor_pid']}).[/red] See `byoc status`; stop it "
@@ -94,6 +91,13 @@ def up(
         )
         raise typer.Exit(1)
     started = time.monotonic()
+    unknown = sorted(set(only or []) - set(BY_NAME))
+    if unknown:
+        console.print(
+            f"[red]unknown component(s) for --only: {', '.join(unknown)}[/red]; "
+            f"known: {', '.join(BY_NAME)}"
+        )
+        raise typer.Exit(2)
     supervisor = Supervisor(
         settings,
         only,
@@ -129,19 +133,21 @@ def down(
     settings = load_settings(data_dir, console)
     state = _stack_state(settings)
     pid = state.get("supervisor_pid")
-    if _alive(pid):
+    running = _supervisor_alive(state)
+    if running:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while _supervisor_alive(state) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if _supervisor_alive(state):
             console.print(f"[red]supervisor {pid} did not stop in {timeout:.0f}s[/red]")
             raise typer.Exit(1)
     # Children of a supervisor that was killed outright (PDEATHSIG should have ended them).
+    # Only processes that are still the recorded ones: their PIDs may belong to others now.
     leftovers = [
         (name, info["pid"])
         for name, info in state.get("components", {}).items()
-        if _alive(info.get("pid"))
+        if _component_alive(info)
     ]
     for name, child in leftovers:
         console.print(f"stopping leftover {name} (pid {child})")
@@ -149,8 +155,9 @@ def down(
             os.killpg(child, signal.SIGTERM)
         except ProcessLookupError:
             continue
-    if not pid and not leftovers:
-        console.print("no stack is running")
+    if not running and not leftovers:
+        stale = f" (stale state of supervisor pid {pid})" if pid else ""
+        console.print(f"no stack is running{stale}")
         return
     console.print("stack stopped")
 
@@ -160,7 +167,7 @@ def status(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show each component: pid, ports, health and log file."""
+    """Show each component: pid, ports, health, restarts and log file."""
     from byoc_platform.stack.components import BY_NAME
 
     settings = load_settings(data_dir, console)
@@ -168,9 +175,10 @@ def status(
     if not state.get("components"):
         console.print(f"no stack has run from {settings.data_dir}")
         raise typer.Exit(1)
+    settings = running_stack_settings(settings)  # probe the ports the stack really uses
     rows = []
     for name, info in state["components"].items():
-        alive = _alive(info.get("pid"))
+        alive = _component_alive(info)
         health = "down"
         if alive:
             try:
@@ -188,7 +196,7 @@ def status(
                 "restarts": info.get("restarts", 0),
             }
         )
-    supervisor_alive = _alive(state.get("supervisor_pid"))
+    supervisor_alive = _supervisor_alive(state)
     if as_json:
         print(
             json.dumps(
@@ -253,6 +261,11 @@ def keys_create(
     """Create an API key; it is printed once and stored only as a hash."""
     from byoc_platform.auth import KeyStore
 
+    if not environment.strip() or environment != environment.strip():
+        console.print(
+            f"[red]--environment must be a name without surrounding blanks[/red]: {environment!r}"
+        )
+        raise typer.Exit(2)
     settings = load_settings(data_dir, console)
     assert settings.api_keys_file is not None
     print(KeyStore(settings.api_keys_file).create(environment, label))
@@ -286,7 +299,13 @@ for _extension in cli_extensions().values():
 
 
 def main() -> None:
-    app(prog_name="byoc")
+    try:
+        app(prog_name="byoc")
+    except OSError as exc:
+        # A data directory that is a file, read-only or not permitted, a full disk: the
+        # user's to mend, and the message names the path; a traceback adds nothing.
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PositiveInt, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,26 +24,67 @@ from pydantic_settings import (
 LOOPBACK = "127.0.0.1"
 
 
+def _http_url(value: str | None) -> str | None:
+    # clickhouse-connect and boto read "127.0.0.1:8123" or "notaurl" as something else (the
+    # former as localhost:8123): a typo would reach another server, so refuse it here.
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s)://host[:port] URL")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    return value
+
+
+def _database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            f"{value!r} is not a database URL (sqlite:///path or postgresql://...)"
+        ) from None
+    return value
+
+
+def _log_level(value: str) -> str:
+    import logging
+
+    if not isinstance(logging.getLevelName(value.upper()), int):
+        raise ValueError(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    return value.upper()
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+LogLevel = Annotated[str, AfterValidator(_log_level)]
+HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
+DatabaseUrl = Annotated[str | None, AfterValidator(_database_url)]
+
+
 class Ports(BaseModel):
-    api: int = 8080
-    grpc: int = 8081
-    control_plane: int = 8090
-    dagster: int = 3000
-    kafka: int = 9092
-    clickhouse: int = 8123
-    s3: int = 8333
-    kms: int = 4599
-    stream: int = 8082  # stream processor health and metrics
+    api: Port = 8080
+    grpc: Port = 8081
+    control_plane: Port = 8090
+    dagster: Port = 3000
+    kafka: Port = 9092
+    clickhouse: Port = 8123
+    s3: Port = 8333
+    kms: Port = 4599
+    stream: Port = 8082  # stream processor health and metrics
     # Internal ports of the embedded SeaweedFS that users never need.
-    s3_grpc: int = 18333
-    seaweed_master: int = 9333
-    seaweed_master_grpc: int = 19333
-    seaweed_volume: int = 8340
-    seaweed_volume_grpc: int = 18340
-    seaweed_filer: int = 8888
-    seaweed_filer_grpc: int = 18888
-    seaweed_admin: int = 23646
-    seaweed_admin_grpc: int = 33646
+    s3_grpc: Port = 18333
+    seaweed_master: Port = 9333
+    seaweed_master_grpc: Port = 19333
+    seaweed_volume: Port = 8340
+    seaweed_volume_grpc: Port = 18340
+    seaweed_filer: Port = 8888
+    seaweed_filer_grpc: Port = 18888
+    seaweed_admin: Port = 23646
+    seaweed_admin_grpc: Port = 33646
 
 
 class KafkaSettings(BaseModel):
@@ -66,7 +108,7 @@ class KafkaSettings(BaseModel):
 
 
 class ClickHouseSettings(BaseModel):
-    url: str | None = None  # default: http://host:ports.clickhouse
+    url: HttpUrl = None  # default: http://host:ports.clickhouse
     database: str = "byoc"
     username: str = "default"
     password: str = ""
@@ -76,7 +118,7 @@ class ClickHouseSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
-    endpoint: str | None = None  # default: http://host:ports.s3
+    endpoint: HttpUrl = None  # default: http://host:ports.s3
     region: str = "us-east-1"
     access_key: str = "byoc-local"
     secret_key: str = "byoc-local-secret"
@@ -84,7 +126,7 @@ class S3Settings(BaseModel):
 
 
 class KmsSettings(BaseModel):
-    endpoint: str | None = None  # default: http://host:ports.kms
+    endpoint: HttpUrl = None  # default: http://host:ports.kms
     region: str = "us-east-1"
     key_alias: str = "alias/byoc-archive"
     # Column key of the PII-bearing columns of archived Parquet (customer and resource ids,
@@ -93,8 +135,8 @@ class KmsSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    max_batch_events: int = 1000
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch_events: PositiveInt = 1000
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0
     produce_timeout_s: float = 10.0
     # Bytes of accepted-but-unacknowledged records; past it requests get 429 + retry-after.
@@ -110,11 +152,11 @@ class ApiSettings(BaseModel):
 
 class StreamSettings(BaseModel):
     dedup_window_s: float = 7 * 24 * 3600.0
-    out_of_orderness_ms: int = 5000
-    window_ms: int = 60_000
+    out_of_orderness_ms: int = Field(default=5000, ge=0)
+    window_ms: PositiveInt = 60_000
     consumer_group: str = "byoc-stream"
-    max_batch: int = 20_000
-    flush_interval_ms: int = 200
+    max_batch: PositiveInt = 20_000
+    flush_interval_ms: PositiveInt = 200
     # Who computes the rows: the embedded engine (`byoc stream`, writes to ClickHouse itself) or
     # the Flink job (writes to Kafka topics that ClickHouse ingests: warehouse_cluster.py).
     engine: Literal["embedded", "flink"] = "embedded"
@@ -130,16 +172,16 @@ class FlinkSettings(BaseModel):
 
 class LedgerSettings(BaseModel):
     # SQLite file under data_dir by default; a postgresql+psycopg:// URL in a cluster.
-    database_url: str | None = None
-    default_reservation_ttl_s: int = 3600
+    database_url: DatabaseUrl = None
+    default_reservation_ttl_s: PositiveInt = 3600
 
 
 class ControlPlaneSettings(BaseModel):
-    api_url: str | None = None  # default: http://host:ports.control_plane/graphql
+    api_url: HttpUrl = None  # default: http://host:ports.control_plane/graphql
     api_key: str = "byoc-local-control-plane-key"
     seed_file: Path | None = None  # default: the packaged seed
     sync_interval_s: float = 5.0
-    publish_bulk_size: int = 100  # the contract's reportUsageBulk limit
+    publish_bulk_size: PositiveInt = 100  # the contract's reportUsageBulk limit
 
 
 class FallbackEntitlement(BaseModel):
@@ -155,7 +197,7 @@ class FallbackEntitlement(BaseModel):
 class EnforcementSettings(BaseModel):
     # Local store (catalog, counters, sync cursor). Default: SQLite (WAL) file under
     # <data_dir>/enforcement; a postgresql+psycopg:// URL in a cluster (may equal ledger's).
-    database_url: str | None = None
+    database_url: DatabaseUrl = None
     # Answers for customers unknown to the local state, keyed by feature id; marked fallback.
     fallback_entitlements: dict[str, FallbackEntitlement] = {}
     # Answers are marked fallback when the last successful sync is older than this.
@@ -194,7 +236,7 @@ class Settings(BaseSettings):
     environment: str = "development"  # the Stigg environment the local API key belongs to
     api_key: str | None = None  # local API key; generated by `byoc up` when unset
     api_keys_file: Path | None = None  # hashed keys; default <data_dir>/auth/api_keys.json
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     ports: Ports = Ports()
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()

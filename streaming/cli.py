@@ -8,29 +8,25 @@ SIGTERM/SIGINT: finish the batch in hand, checkpoint, leave the group, exit 0.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
+
+from byoc_platform.cli_settings import DataDir, load_settings
 
 app = typer.Typer()
 
 
 @app.command()
-def stream(
-    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory.")] = None,
-) -> None:
+def stream(data_dir: DataDir = None) -> None:
     """Run the stream processor (consumer group on usage.events)."""
     import gc
     import logging
     import signal
-    from pathlib import Path
 
     from byoc_platform import logs
-    from byoc_platform.settings import Settings
     from streaming.processor.health import HealthServer
     from streaming.processor.processor import StreamProcessor
 
-    settings = Settings(data_dir=Path(data_dir)) if data_dir else Settings()
+    settings = load_settings(data_dir)
     logs.configure("stream", settings.log_level)
     log = logging.getLogger("byoc.stream")
     processor = StreamProcessor(settings)

@@ -31,6 +31,7 @@ import yaml
 
 from byoc_platform.stack.bootstrap import write_stack_file
 from byoc_platform.stack.components import BY_NAME, COMPONENTS, Component
+from byoc_platform.stack.processes import start_ticks
 
 if TYPE_CHECKING:
     from byoc_platform.settings import Settings
@@ -362,6 +363,7 @@ class Supervisor:
         data.update(
             {
                 "supervisor_pid": None if stopped else os.getpid(),
+                "supervisor_start": None if stopped else start_ticks(os.getpid()),
                 "data_dir": str(s.data_dir),
                 "environment": s.environment,
                 "settings_file": str(self._settings_file),
@@ -369,6 +371,7 @@ class Supervisor:
                 "components": {
                     c.name: {
                         "pid": (r.process.pid if (r := self.running.get(c.name)) else None),
+                        "pid_start": start_ticks(r.process.pid) if r else None,
                         "ports": c.ports(s),
                         "endpoint": c.endpoint(s),
                         "log": str(self.logs_dir / f"{c.name}.log"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import typer
 from pydantic import ValidationError
 
+from byoc_platform.cli_settings import load_settings, running_stack_settings, unknown_variables
 from byoc_platform.settings import Settings
 
 
@@ -70,3 +72,68 @@ def test_unknown_setting_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BYOC_CONFIG_FILE", str(config))
     with pytest.raises(ValidationError, match="no_such_setting"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        # clickhouse-connect reads "127.0.0.1:29523" as localhost:8123: another server.
+        ("BYOC_CLICKHOUSE__URL", "127.0.0.1:29523", "clickhouse.url"),
+        ("BYOC_CLICKHOUSE__URL", "notaurl", "clickhouse.url"),
+        ("BYOC_S3__ENDPOINT", "http://127.0.0.1:99999", "s3.endpoint"),
+        ("BYOC_KMS__ENDPOINT", "ftp://kms:1", "kms.endpoint"),
+        ("BYOC_CONTROL_PLANE__API_URL", "control-plane/graphql", "control_plane.api_url"),
+        ("BYOC_LEDGER__DATABASE_URL", "notaurl", "ledger.database_url"),
+        ("BYOC_PORTS__KMS", "99999", "ports.kms"),
+        ("BYOC_PORTS__S3", "0", "ports.s3"),
+        ("BYOC_LOG_LEVEL", "bogus", "log_level"),
+        ("BYOC_STREAM__WINDOW_MS", "0", "stream.window_ms"),
+        ("BYOC_API__MAX_BATCH_EVENTS", "-1", "api.max_batch_events"),
+    ],
+)
+def test_values_the_components_cannot_use_name_the_setting(
+    variable: str, value: str, named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=named.replace(".", r"\.")):
+        Settings()
+
+
+def test_usable_urls_and_levels_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYOC_CLICKHOUSE__URL", "https://ch.example.com:8443")
+    monkeypatch.setenv("BYOC_LEDGER__DATABASE_URL", "postgresql://u:p@db:5432/ledger")
+    monkeypatch.setenv("BYOC_LOG_LEVEL", "debug")
+    s = Settings()
+    assert s.clickhouse.url == "https://ch.example.com:8443"
+    assert s.ledger.database_url == "postgresql://u:p@db:5432/ledger"
+    assert s.log_level == "DEBUG"
+
+
+def test_unknown_variables_are_named_and_known_ones_are_not() -> None:
+    environ = {
+        "BYOC_PORT__API": "1",  # PORTS
+        "BYOC_PORTS__APII": "1",
+        "BYOC_PORTS__API": "1",
+        "BYOC_DATA_DIR": "/x",
+        "BYOC_CONFIG_FILE": "/x.yaml",
+        "BYOC_LEDGER__DEFAULT_RESERVATION_TTL_S": "60",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == ["BYOC_PORTS__APII", "BYOC_PORT__API"]
+
+
+def test_a_missing_config_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BYOC_CONFIG_FILE", str(tmp_path / "nope.yaml"))
+    with pytest.raises(typer.Exit) as exit_:
+        load_settings(tmp_path)
+    assert exit_.value.exit_code == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_running_stack_settings_are_those_the_supervisor_wrote(tmp_path: Path) -> None:
+    ours = Settings(data_dir=tmp_path)
+    assert running_stack_settings(ours) is ours  # no stack has run there
+    (tmp_path / "settings.yaml").write_text(f"data_dir: {tmp_path}\nports:\n  kms: 29599\n")
+    assert running_stack_settings(ours).ports.kms == 29599

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from byoc_platform import clients
 from byoc_platform.settings import Settings
+from byoc_platform.stack.processes import is_running, start_ticks
 from tests.stack_fixtures import settings_env, test_settings
 
 BYOC = [sys.executable, "-m", "byoc_platform"]
@@ -221,3 +222,67 @@ def test_missing_binary_is_a_clear_error() -> None:
 
     with pytest.raises(FileNotFoundError, match=r"no-such-binary.*make install"):
         find_binary("no-such-binary")
+
+
+def test_down_never_signals_a_process_that_reused_a_recorded_pid(settings: Settings) -> None:
+    # A stack.json outlives its processes (SIGKILL, reboot); their PIDs are handed out again.
+    strangers = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
+    try:
+        ticks = [start_ticks(p.pid) for p in strangers]
+        assert all(t is not None for t in ticks)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.stack_file.write_text(
+            json.dumps(
+                {
+                    "supervisor_pid": strangers[0].pid,
+                    "supervisor_start": ticks[0] - 1,  # the recorded supervisor started earlier
+                    "components": {
+                        "api": {"pid": strangers[1].pid, "pid_start": ticks[1] - 1, "ports": {}}
+                    },
+                }
+            )
+        )
+        down = subprocess.run(
+            [*BYOC, "down"], env=_env(settings), capture_output=True, text=True, timeout=60
+        )
+        assert down.returncode == 0, down.stderr
+        assert "no stack is running (stale state of supervisor pid" in down.stdout + down.stderr
+        code, status = _status(settings)
+        assert code == 1 and status["supervisor_pid"] is None
+        assert [row["pid"] for row in status["components"]] == [None]
+        assert all(p.poll() is None for p in strangers), "byoc down signalled a stranger"
+    finally:
+        for stranger in strangers:
+            stranger.kill()
+            stranger.wait(10)
+
+
+def test_is_running_compares_the_recorded_start_time() -> None:
+    me = os.getpid()
+    assert is_running(me) and is_running(me, start_ticks(me))
+    assert not is_running(me, (start_ticks(me) or 0) + 1)
+    assert not is_running(None) and not is_running("123") and not is_running(-1)
+    done = subprocess.Popen(["true"])
+    done.wait(10)
+    assert not is_running(done.pid)
+
+
+def test_status_probes_the_ports_the_stack_was_started_with(settings: Settings) -> None:
+    # Started with port overrides; asked without them (another shell): the probe must still
+    # reach the stack's port, not the default one.
+    up = Up(settings, "--only", "kms")
+    try:
+        up.wait_healthy({"kms"}, timeout=120)
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_")}
+        status = subprocess.run(
+            [*BYOC, "status", "--json", "--data-dir", str(settings.data_dir)],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        [row] = json.loads(status.stdout)["components"]
+        assert row["health"] == "healthy" and row["ports"] == {"kms": settings.ports.kms}
+    finally:
+        up.down()
