@@ -95,10 +95,20 @@ class DagsterBackfills:
         try:
             response = self._http.post("/graphql", json={"query": query, "variables": variables})
         except httpx.HTTPError as exc:
-            raise BackfillError(f"Dagster at {self._http.base_url} unreachable: {exc!r}") from exc
+            raise BackfillError(
+                f"Dagster at {self._http.base_url} unreachable: {exc!r} (is the stack up? "
+                "`byoc up`)"
+            ) from exc
         if response.status_code != 200:
             raise BackfillError(f"Dagster answered {response.status_code}: {response.text[:300]}")
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not ("data" in body or "errors" in body):
+            raise BackfillError(
+                f"{self._http.base_url} answered no GraphQL (is it Dagster?): {response.text[:200]}"
+            )
         if body.get("errors"):
             raise BackfillError(f"GraphQL errors: {body['errors']}")
         return body["data"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -66,6 +66,8 @@ def restore(
     data_dir: DataDir = None,
 ) -> None:
     """Read an archived hour back (decrypting through KMS) into ClickHouse for re-rollup."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from assets.archive.defs import crypto_for
     from assets.archive.hours import ArchiveError
     from assets.archive.restore import plan_restore, restore_manifest
@@ -104,6 +106,9 @@ def restore(
                 )
     except ArchiveError as exc:
         raise _fail(str(exc)) from exc
+    except (BotoCoreError, ClientError) as exc:  # S3 or KMS unreachable, refused, ...
+        where = f"S3 {settings.s3.endpoint} / KMS {settings.kms.endpoint}"
+        raise _fail(f"{where}: {exc} (is the stack up? `byoc up`)") from exc
     for r in restored:
         console.print(
             f"restored {r.rows} rows of {r.environment} from s3://{store.bucket}/{r.object_key} "
@@ -125,12 +130,22 @@ def backfill(
 ) -> None:
     """Roll up (and publish) a range of hours as a backfill of the running Dagster (`byoc up`)."""
     from assets.backfill_client import BackfillError, BackfillStatus, DagsterBackfills
-    from assets.partitions import hour_key
+    from assets.partitions import PARTITIONS_START, hour_key
 
     settings = load_settings(data_dir, console)
     first, last = _hour(start, "--from"), _hour(end, "--to")
     if last < first:
         raise _fail("--to is before --from", 2)
+    # The hourly partitions: from PARTITIONS_START to the last complete hour (Dagster answers
+    # anything else with an unhelpful 500).
+    earliest = datetime.fromisoformat(f"{PARTITIONS_START}T00:00:00+00:00")
+    latest = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    if first < earliest or last > latest:
+        raise _fail(
+            f"hours must lie between {earliest:%Y-%m-%dT%H} and the last complete hour "
+            f"{latest:%Y-%m-%dT%H} (UTC)",
+            2,
+        )
     keys = [
         hour_key(first + timedelta(hours=i))
         for i in range(int((last - first) / timedelta(hours=1)) + 1)

@@ -101,7 +101,12 @@ class UsageFeed:
         from confluent_kafka import Consumer, KafkaError
 
         cfg = self.settings.enforcement
-        consumer = Consumer(clients.consumer_config(self.settings, cfg.consumer_group))
+        consumer = Consumer(
+            {
+                **clients.consumer_config(self.settings, cfg.consumer_group),
+                "logger": logging.getLogger("rdkafka.consumer"),  # JSON logs, not raw stderr
+            }
+        )
         deduped = self.settings.kafka.deduped_topic
         reports = self.settings.kafka.reports_topic
         consumer.subscribe([deduped, reports])
@@ -219,7 +224,12 @@ class UsageFeed:
             if self._producer is None:
                 from confluent_kafka import Producer
 
-                self._producer = Producer(clients.producer_config(self.settings))
+                self._producer = Producer(
+                    {
+                        **clients.producer_config(self.settings),
+                        "logger": logging.getLogger("rdkafka.producer"),
+                    }
+                )
             return self._producer
 
     def _produce_sync(self, environment: str, events: list[UsageEvent]) -> None:

@@ -38,6 +38,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -377,6 +378,9 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    # A terminal's Ctrl-C reaches the whole process group: the runtime stops this child by
+    # closing its stdin once the answers in flight are in (LedgerWriter.close), not mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if len(sys.argv) not in (2, 3):
         raise SystemExit("usage: python -m enforcement.ledger.writer <database-url> [FULL|NORMAL]")
     serve(sys.argv[1], *(sys.argv[2:]))

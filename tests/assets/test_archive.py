@@ -273,3 +273,19 @@ def test_restore_of_an_hour_without_archive_fails_clearly(infra, config_file):
         timeout=120,
     )
     assert bad.returncode == 2 and "--hour" in bad.stderr
+
+
+def test_restore_without_s3_says_so_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "byoc_platform", "archive", "restore", "--hour", "2025-01-02T03"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("BYOC_")},
+            "BYOC_DATA_DIR": str(tmp_path),
+            "BYOC_S3__ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "is the stack up?" in done.stderr and "Traceback" not in done.stderr

@@ -101,3 +101,26 @@ def test_a_three_hour_backfill_through_graphql_succeeds(dagster_dev, infra):
         records = cp.usage_records(env)
     assert got == pytest.approx(dict(want))
     assert {r.createdAt[:13] for r in records} == {f"{h:%Y-%m-%dT%H}" for h in hours}
+
+
+BYOC = [sys.executable, "-m", "byoc_platform"]
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [("2024-12-31T22", "2024-12-31T23"), ("2025-01-01T00", "2999-12-31T23")],
+)
+def test_hours_outside_the_partitions_are_refused_before_dagster_is_asked(
+    first: str, last: str, tmp_path
+) -> None:
+    # Dagster answered such ranges with a 500 ("Multiple initial assets not yet supported"),
+    # and a 2,000-year range took 79 s and 2.2 GB to list before that.
+    done = subprocess.run(
+        [*BYOC, "rollup", "backfill", "--from", first, "--to", last],
+        env={**os.environ, "BYOC_DATA_DIR": str(tmp_path), "BYOC_PORTS__DAGSTER": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "hours must lie between 2025-01-01T00 and the last complete hour" in done.stderr

@@ -191,6 +191,24 @@ def test_a_dead_writer_fails_what_it_had_and_a_new_one_takes_over(
     assert available(ledger) == Decimal(1000 - 6)  # "before" + five, each once
 
 
+def test_a_terminal_ctrl_c_does_not_stop_the_writer_mid_batch(
+    ledger: Ledger, writer: LedgerWriter
+) -> None:
+    # Ctrl-C reaches the runtime's whole process group; the runtime stops the writer itself
+    # (close), after the answers in flight.
+    grant(ledger, "g", 10)
+    results = Results()
+    writer.submit(op(ledger, 1, "a"), results.callback("a"))
+    results.wait(1)
+    child = writer._proc
+    assert child is not None
+    os.kill(child.pid, signal.SIGINT)
+    writer.submit(op(ledger, 1, "b"), results.callback("b"))
+    assert results.wait(2)["b"][1] is None
+    assert writer._proc is child and child.poll() is None
+    assert available(ledger) == Decimal(8)
+
+
 def test_close_finishes_what_was_submitted(
     ledger: Ledger, loop: asyncio.AbstractEventLoop | None
 ) -> None:
