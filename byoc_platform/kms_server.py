@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,15 @@ def serve(state_file: Path, host: str, port: int, regions: list[str]) -> None:
     for backend in backends.values():
         refuse_unusable_keys(backend)
     restored = restore(state_file, backends)
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    # ThreadedMotoServer binds in its own thread and, when that fails, start() waits for
+    # ever: try the address here first, so a busy port or an unknown host ends this process.
     try:
-        server.start()
+        with socket.create_server((host, port)):
+            pass
     except OSError as exc:
         raise SystemExit(f"kms: cannot listen on {host}:{port}: {exc}") from exc
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
     log.info("KMS serving on %s:%d (%d keys restored from %s)", host, port, restored, state_file)
 
     stop = threading.Event()

@@ -149,6 +149,18 @@ class ApiSettings(BaseModel):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        # One without the other served plain HTTP while api_url said https.
+        files = {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file}
+        missing = [name for name, path in files.items() if path is None]
+        if len(missing) == 1:
+            raise ValueError(f"TLS needs both files: {missing[0]} is not set")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no file {path}")
+        return self
+
 
 class StreamSettings(BaseModel):
     dedup_window_s: float = 7 * 24 * 3600.0

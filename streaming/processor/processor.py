@@ -125,8 +125,9 @@ class StreamProcessor:
     def request_stop(self) -> None:
         self.stop_requested.set()
 
-    def prepare(self, timeout_s: float = 120.0) -> None:
-        """Topics and warehouse schema, idempotently (the stack bootstrap does it too)."""
+    def prepare(self, timeout_s: float = 120.0) -> bool:
+        """Topics and warehouse schema, idempotently (the stack bootstrap does it too); False
+        when a stop was requested while Kafka or ClickHouse was still out of reach."""
         from byoc_platform.stack.bootstrap import ensure_topics, ensure_warehouse_schema
 
         self.phase = "preparing"
@@ -135,9 +136,12 @@ class StreamProcessor:
             try:
                 ensure_topics(self.settings)
                 ensure_warehouse_schema(self.settings)
-                return
+                return True
             except Exception as exc:
-                if time.monotonic() > deadline or self.stop_requested.is_set():
+                if self.stop_requested.is_set():  # asked to stop: nothing was consumed yet
+                    log.info("stopped while waiting for Kafka and ClickHouse: %s", exc)
+                    return False
+                if time.monotonic() > deadline:
                     raise
                 log.warning("waiting for Kafka and ClickHouse: %s", exc)
                 self.stop_requested.wait(1.0)
@@ -146,7 +150,8 @@ class StreamProcessor:
         """Consume until :meth:`request_stop`; then flush, checkpoint and leave the group."""
         from confluent_kafka import Consumer
 
-        self.prepare()
+        if not self.prepare():
+            return
         self.writer.start()
         consumer = Consumer(
             clients.consumer_config(

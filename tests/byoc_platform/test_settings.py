@@ -137,3 +137,18 @@ def test_running_stack_settings_are_those_the_supervisor_wrote(tmp_path: Path) -
     assert running_stack_settings(ours) is ours  # no stack has run there
     (tmp_path / "settings.yaml").write_text(f"data_dir: {tmp_path}\nports:\n  kms: 29599\n")
     assert running_stack_settings(ours).ports.kms == 29599
+
+
+def test_tls_needs_both_existing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    # A certificate alone served plain HTTP while api_url announced https.
+    monkeypatch.setenv("BYOC_API__TLS_CERT_FILE", str(cert))
+    with pytest.raises(ValidationError, match="tls_key_file is not set"):
+        Settings()
+    monkeypatch.setenv("BYOC_API__TLS_KEY_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValidationError, match=r"tls_key_file: no file .*missing\.pem"):
+        Settings()
+    monkeypatch.setenv("BYOC_API__TLS_KEY_FILE", str(key))
+    assert Settings().api_url.startswith("https://")

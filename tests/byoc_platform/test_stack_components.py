@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -20,3 +23,26 @@ def test_local_dagster_instance_limits_pools_to_one(tmp_path: Path) -> None:
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
     finally:
         instance.dispose()
+
+
+def test_the_kms_ends_when_it_cannot_listen(tmp_path: Path) -> None:
+    # moto binds in a thread of its own and used to wait for ever: `byoc up` then waited the
+    # whole start timeout for a component that could never be healthy.
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "byoc_platform.kms_server",
+                "--state-file",
+                str(tmp_path / "keys.state"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"kms: cannot listen on 127.0.0.1:{port}" in done.stderr

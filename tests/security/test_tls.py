@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from stigg._client import Stigg
 
 from byoc_platform.settings import Settings
+from byoc_platform.stack.components import BY_NAME
 from tests.security.conftest import SecureStack
 from tests.stack_fixtures import free_port
 
@@ -109,6 +110,9 @@ def test_runtime_api_serves_https_with_a_configured_certificate(
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.3)
+
+        # The stack supervisor's health probe (and `byoc status`) reaches it over TLS too.
+        BY_NAME["api"].probe(settings)
 
         with httpx.Client(verify=trusted) as http:
             client = Stigg(

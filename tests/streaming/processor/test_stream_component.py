@@ -4,6 +4,10 @@ skipped without harm, and a clean exit on SIGTERM with everything checkpointed."
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -15,7 +19,7 @@ from confluent_kafka import Producer
 from byoc_platform import clients
 from byoc_platform.events import SCHEMA_VERSION, EventBatch, UsageEvent, encode_batch, record_key
 from byoc_platform.stack.supervisor import Supervisor
-from tests.stack_fixtures import Stack
+from tests.stack_fixtures import Stack, free_port
 from tests.streaming.processor.harness import isolated_settings, wait_checkpointed
 
 pytestmark = pytest.mark.integration
@@ -79,3 +83,34 @@ def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
         parameters={"env": environment},
     ).result_rows
     assert rows == [("k",)]
+
+
+def test_stopped_while_waiting_for_kafka_it_exits_0(tmp_path: Path) -> None:
+    # The documented contract (streaming/cli.py): SIGTERM -> exit 0; it used to re-raise the
+    # last connection error and exit 1 with a traceback when Kafka had never been reached.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_")}
+    env.update(
+        {
+            "BYOC_DATA_DIR": str(tmp_path),
+            "BYOC_PORTS__KAFKA": str(free_port()),  # nothing listens there
+            "BYOC_PORTS__CLICKHOUSE": str(free_port()),
+            "BYOC_PORTS__STREAM": str(free_port()),
+        }
+    )
+    log_path = tmp_path / "stream.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "byoc_platform", "stream"], stdout=out, stderr=out, env=env
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for Kafka and ClickHouse" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log_path.read_text()
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
