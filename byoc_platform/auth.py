@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def hash_key(key: str) -> str:
@@ -30,6 +33,10 @@ class KeyRecord:
     label: str = ""
 
 
+class KeyFileError(ValueError):
+    """The key file is not a list of key records (e.g. after a hand edit)."""
+
+
 class KeyStore:
     """A small JSON file of hashed keys, re-read when it changes on disk."""
 
@@ -37,17 +44,31 @@ class KeyStore:
         self.path = path
         self._lock = threading.Lock()
         self._mtime: float | None = None
+        self._bad_mtime: float | None = None  # a version of the file that did not parse
         self._by_hash: dict[str, KeyRecord] = {}
 
-    def _load(self) -> None:
+    def _load(self, strict: bool = True) -> None:
+        """Re-read the file if it changed. An unreadable version raises KeyFileError when
+        ``strict`` (before a change: writing would drop its keys); otherwise the keys read last
+        stay in force (a bad edit must not turn every request into an error), said once."""
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
             self._by_hash, self._mtime = {}, None
             return
-        if mtime == self._mtime:
+        if mtime == self._mtime or (mtime == self._bad_mtime and not strict):
             return
-        records = [KeyRecord(**r) for r in json.loads(self.path.read_text() or "[]")]
+        try:
+            records = [KeyRecord(**r) for r in json.loads(self.path.read_text() or "[]")]
+        except (ValueError, TypeError) as exc:  # not JSON, not a list of records
+            if mtime != self._bad_mtime:
+                log.error(
+                    "API key file %s unreadable, keeping the keys read before: %s", self.path, exc
+                )
+                self._bad_mtime = mtime
+            if strict:
+                raise KeyFileError(f"{self.path} is not a valid key file: {exc}") from None
+            return
         self._by_hash = {r.key_hash: r for r in records}
         self._mtime = mtime
 
@@ -61,7 +82,7 @@ class KeyStore:
         if not key:
             return None
         with self._lock:
-            self._load()
+            self._load(strict=False)
             record = self._by_hash.get(hash_key(key))
         return record.environment if record else None
 

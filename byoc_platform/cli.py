@@ -299,11 +299,13 @@ for _extension in cli_extensions().values():
 
 
 def main() -> None:
+    from byoc_platform.auth import KeyFileError
+
     try:
         app(prog_name="byoc")
-    except OSError as exc:
-        # A data directory that is a file, read-only or not permitted, a full disk: the
-        # user's to mend, and the message names the path; a traceback adds nothing.
+    except (OSError, KeyFileError) as exc:
+        # A data directory that is a file, read-only or not permitted, a full disk, a key
+        # file edited by hand: the user's to mend, and the message names the path.
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 

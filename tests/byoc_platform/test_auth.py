@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from byoc_platform.auth import KeyStore, hash_key
+import pytest
+
+from byoc_platform.auth import KeyFileError, KeyStore, hash_key
 
 
 def test_key_resolves_to_its_environment_and_is_stored_hashed(tmp_path: Path) -> None:
@@ -36,3 +42,34 @@ def test_a_second_process_sees_new_keys(tmp_path: Path) -> None:
     assert reader.environment_of("byoc_nothing") is None
     key = KeyStore(tmp_path / "keys.json").create("env-c")
     assert reader.environment_of(key) == "env-c"
+
+
+def test_a_bad_edit_of_the_key_file_keeps_the_keys_in_force_and_blocks_writes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    runtime = KeyStore(path)
+    key = KeyStore(path).create("env-a")
+    assert runtime.environment_of(key) == "env-a"
+    text = path.read_text()
+    path.write_text(text[:-5])  # a hand edit cut short
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new version, whatever the clock
+    # The runtime answers with the keys it read before (not an error per request) ...
+    assert runtime.environment_of(key) == "env-a"
+    assert runtime.environment_of(key + "x") is None
+    # ... and nothing writes over the file: its keys would be lost.
+    with pytest.raises(KeyFileError, match="not a valid key file"):
+        KeyStore(path).create("env-b")
+    assert path.read_text() == text[:-5]
+    done = subprocess.run(
+        [sys.executable, "-m", "byoc_platform", "keys", "list", "--data-dir", str(tmp_path)],
+        env={**os.environ, "BYOC_API_KEYS_FILE": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "not a valid key file" in done.stderr
+    assert "Traceback" not in done.stderr
+    path.write_text(text)  # mended: read again
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert [r.environment for r in KeyStore(path).records()] == ["env-a"]
