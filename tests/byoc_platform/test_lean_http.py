@@ -230,10 +230,14 @@ def test_a_complete_request_is_answered_by_the_lean_path_as_the_asgi_stack_would
 def test_a_failure_before_the_route_is_a_500_on_both_paths(served: Served, tmp_path: Path) -> None:
     keys = served.routes.keys.path
     good = keys.read_text()
-    keys.write_text("{not json")  # the key store fails to load: auth itself raises
+    # The key store cannot read its file (a directory in its place): auth itself raises. (A
+    # file that does not parse no longer does: the keys read before stay in force.)
+    keys.unlink()
+    keys.mkdir()
     try:
         lean, asgi = both_ways(served, request("POST", "/api/v1/items/a1", served.key, b"{}"))
     finally:
+        keys.rmdir()
         keys.write_text(good)
     assert lean == asgi
     assert lean.startswith(b"HTTP/1.1 500") and b"INTERNAL_ERROR" in lean
