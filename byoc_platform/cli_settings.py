@@ -58,7 +58,7 @@ def running_stack_settings(settings: Settings) -> Settings:
     """The settings the stack of ``settings.data_dir`` was started with (the file its
     supervisor wrote for its children), so that probes reach the ports it really uses; the
     given settings when no stack has run there."""
-    path = settings.data_dir / "settings.yaml"
+    path = settings.stack_settings_file
     try:
         data = yaml.safe_load(path.read_text())
         return Settings(**data) if isinstance(data, dict) else settings

@@ -17,6 +17,7 @@ event time, so log retention cannot drop back-dated events (openmeter #5005).
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -118,6 +119,17 @@ def dimension_value_problem(value: object) -> str | None:
     if not -MAX_DIMENSION_VALUE <= value <= MAX_DIMENSION_VALUE:
         return f"is out of range (at most {MAX_DIMENSION_VALUE:.0f} in absolute value)"
     return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(value: datetime) -> int:
+    """Exact epoch milliseconds (naive datetimes are UTC): float seconds * 1000 can be 1 ms off."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _ONE_MS
 
 
 def event_time_problem(time_ms: int, now_ms: int, max_future_ms: int) -> str | None:

@@ -317,3 +317,8 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.data_dir / "stack.json"
+
+    @property
+    def stack_settings_file(self) -> Path:
+        """The settings the stack supervisor of this data_dir gave its children."""
+        return self.data_dir / "settings.yaml"

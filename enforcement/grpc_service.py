@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import betterproto
@@ -32,7 +32,12 @@ import grpclib.server
 from grpclib.const import Status
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
-from byoc_platform.events import UsageEvent, dimension_value_problem, event_time_problem
+from byoc_platform.events import (
+    UsageEvent,
+    dimension_value_problem,
+    epoch_ms,
+    event_time_problem,
+)
 from byoc_platform.settings import ApiSettings
 from enforcement import sidecar_messages as msg
 from enforcement.counters import UsageCounters
@@ -47,19 +52,11 @@ Reloader = Callable[[], Awaitable[None]]
 
 _SET = pb.UsageUpdateBehavior.USAGE_UPDATE_BEHAVIOR_SET
 _BEHAVIORS = frozenset(pb.UsageUpdateBehavior)  # betterproto passes unknown values as ints
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 DEFAULT_MAX_FUTURE_SKEW_S = ApiSettings().max_future_skew_s
 
 
 def _epoch(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
-
-
-def _epoch_ms(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS  # exact: float seconds * 1000 can be 1 ms off
 
 
 def _dimension(value: pb.EventDimensionValue) -> str | float | bool:
@@ -418,7 +415,7 @@ class SidecarService(pb.SidecarServiceBase):
                 f"{path}update_behavior {behavior} is not a UsageUpdateBehavior value",
             )
         if request.timestamp is not None:
-            problem = event_time_problem(_epoch_ms(request.timestamp), now_ms, self.max_future_ms)
+            problem = event_time_problem(epoch_ms(request.timestamp), now_ms, self.max_future_ms)
             if problem is not None:
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"{path}timestamp {problem}")
         env = self.engine.state.env(self.environment)
@@ -490,7 +487,7 @@ class SidecarService(pb.SidecarServiceBase):
                     raise grpclib.GRPCError(
                         Status.INVALID_ARGUMENT, f"events[{i}].dimensions.{name} {problem}"
                     )
-            at_ms = now_ms if ev.timestamp is None else _epoch_ms(ev.timestamp)
+            at_ms = now_ms if ev.timestamp is None else epoch_ms(ev.timestamp)
             # A future time would move the stream watermark of every customer on the partition.
             problem = event_time_problem(at_ms, now_ms, self.max_future_ms)
             if problem is not None:

@@ -120,7 +120,7 @@ class Supervisor:
         self._pending: dict[str, tuple[deque[float], float]] = {}  # restarts due, and when
         self._lock = threading.RLock()
         self.logs_dir = settings.component_dir("logs")
-        self._settings_file = settings.data_dir / "settings.yaml"
+        self._settings_file = settings.stack_settings_file
 
     # -- environment of the children ------------------------------------------------------
 

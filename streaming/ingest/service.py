@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from byoc_platform.api_errors import ApiError
-from byoc_platform.events import UsageReport, dimension_value_problem, event_time_problem
+from byoc_platform.events import UsageReport, dimension_value_problem, epoch_ms, event_time_problem
 from byoc_platform.plugins import RuntimeHooks, UsageOutcome
 from byoc_platform.settings import Settings
 from streaming.ingest import records, wire
@@ -150,7 +150,7 @@ class IngestService:
         for index, usage in enumerate(usages):
             where = f"{path}[{index}]" if path.endswith("usages") else path
             value = wire.round_value(usage.value, where)
-            created = received if usage.createdAt is None else wire.epoch_ms(usage.createdAt)
+            created = received if usage.createdAt is None else epoch_ms(usage.createdAt)
             for name, dimension in (usage.dimensions or {}).items():
                 bad = dimension_value_problem(dimension)
                 if bad is not None:

@@ -22,20 +22,18 @@ the Kafka record format with no per-event copy (the per-event Python cost is the
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from byoc_platform.api_errors import ApiError
-from byoc_platform.events import dimension_value_problem, event_time_problem
+from byoc_platform.events import dimension_value_problem, epoch_ms, event_time_problem
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Dimensions = dict[str, str | int | float | bool]
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MS = timedelta(milliseconds=1)
 # Stigg's limits for usage values (the REST SDK's docstring of `value`).
 MAX_FRACTIONAL = 2.0**35
 MAX_WHOLE = 2.0**53 - 1
@@ -113,13 +111,6 @@ class Rejected(ApiError):
         self.reason = reason
 
 
-def epoch_ms(value: datetime) -> int:
-    """Exact epoch milliseconds (naive datetimes are UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - EPOCH) // ONE_MS
-
-
 def _invalid(message: str, path_root: str = "$") -> ApiError:
     # msgspec says `$.events[3].customerId`; keep its wording, it names index and field.
     text = message if path_root == "$" else message.replace("`$", f"`{path_root}")
@@ -186,7 +177,7 @@ def stamp_events(
             continue
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
-        ms = (ts - EPOCH) // ONE_MS
+        ms = epoch_ms(ts)
         problem = event_time_problem(ms, now_ms, max_future_ms)
         if problem is not None:
             raise Rejected(
