@@ -29,7 +29,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from byoc_platform.api_errors import ApiError
-from byoc_platform.events import dimension_value_problem, epoch_ms, event_time_problem
+from byoc_platform.events import (
+    MAX_DIMENSION_VALUE,
+    dimension_value_problem,
+    epoch_ms,
+    event_time_problem,
+)
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Dimensions = dict[str, str | int | float | bool]
@@ -162,7 +167,10 @@ def stamp_events(
     for index, event in enumerate(events):
         for name, value in event.dimensions.items():
             # Refused here, before it is durable: the stream engines and the usage counters
-            # sum numeric dimensions as floats.
+            # sum numeric dimensions as floats. The comparison alone (false for nan and inf,
+            # true for booleans) keeps the per-event cost; the helper words the refusal.
+            if type(value) is str or -MAX_DIMENSION_VALUE <= value <= MAX_DIMENSION_VALUE:
+                continue
             problem = dimension_value_problem(value)
             if problem is not None:
                 raise Rejected(
