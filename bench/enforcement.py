@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import os
 import platform
@@ -35,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import uvloop  # noqa: E402  (the REST load clients: less CPU per request than asyncio's loop)
+from consume_load import consume_clients, pct, quiet_gc, read_response  # noqa: E402
 from proc_cpu import cpu_seconds  # noqa: E402
 
 from byoc_platform.auth import KeyStore  # noqa: E402
@@ -59,25 +58,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@contextlib.contextmanager
-def quiet_gc() -> Iterator[None]:
-    """No garbage collection in the load generator while it measures: a gen-2 pass of this
-    process (60-100 ms, measured) would show as the server's latency."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -472,78 +452,6 @@ async def sdk_bench(port: int, calls: int) -> dict[str, float]:
 # --- credit consumption over REST ------------------------------------------------------------
 
 
-def _request(port: int, api_key: str, body: bytes) -> bytes:
-    return (
-        b"POST /api/v1/credits/consumption HTTP/1.1\r\n"
-        + f"Host: 127.0.0.1:{port}\r\nX-API-KEY: {api_key}\r\n".encode()
-        + b"Content-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-
-
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return status
-
-
-async def consume_clients(
-    port: int,
-    api_key: str,
-    clients: int,
-    seconds: float | None,
-    body: dict[str, Any],
-    stop_on_refusal: bool,
-    rate: float | None = None,
-) -> tuple[list[float], dict[int, int]]:
-    """Closed loop (each client sends when answered), or with ``rate`` paced: the clients
-    together offer ``rate`` requests/s on fixed schedules (client n at offset n/rate), and a
-    latency counts from the request's scheduled time, so a late answer delays the next
-    request's start and that wait counts too (no coordinated omission)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    deadline = time.monotonic() + (seconds or 3600)
-    interval = None if rate is None else clients / rate
-
-    # The body with a unique key, without a json.dumps per request (the load generator
-    # shares the server's 2 cores: the less it costs, the less it takes from the server).
-    head = json.dumps(body)[:-1] + ', "idempotencyKey": "b-'
-
-    async def client(n: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        seq = 0
-        due = time.perf_counter() + (0.0 if interval is None else interval * n / clients)
-        try:
-            while time.monotonic() < deadline:
-                seq += 1
-                payload = f'{head}{n}-{seq}-{time.time_ns()}"}}'
-                if interval is not None:
-                    pause = due - time.perf_counter()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                    t0 = due
-                    due += interval
-                else:
-                    t0 = time.perf_counter()
-                writer.write(_request(port, api_key, payload.encode()))
-                status = await _read_response(reader)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                statuses[status] = statuses.get(status, 0) + 1
-                if status != 200 and stop_on_refusal:
-                    return
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client(n) for n in range(clients)))
-    return latencies, statuses
-
-
 async def rest_check_clients(port: int, api_key: str, clients: int, seconds: float) -> list[float]:
     path = f"/api/v1/customers/{CUSTOMER}/entitlements/check?featureId={FEATURE}"
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-KEY: {api_key}\r\n\r\n".encode()
@@ -556,7 +464,7 @@ async def rest_check_clients(port: int, api_key: str, clients: int, seconds: flo
             while time.monotonic() < deadline:
                 t0 = time.perf_counter()
                 writer.write(request)
-                assert await _read_response(reader) == 200
+                assert await read_response(reader) == 200
                 latencies.append((time.perf_counter() - t0) * 1000)
         finally:
             writer.close()
