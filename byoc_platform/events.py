@@ -17,7 +17,9 @@ event time, so log retention cannot drop back-dated events (openmeter #5005).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 
@@ -64,6 +66,38 @@ def decode_batch(data: bytes) -> EventBatch:
 
 def record_key(environment: str, customer_id: str) -> bytes:
     return f"{environment}/{customer_id}".encode()
+
+
+# Half of librdkafka's (and the brokers') default message.max.bytes of 1 MB: room for headers
+# and a broker configured a little lower.
+MAX_RECORD_BYTES = 512 * 1024
+
+Item = TypeVar("Item")
+
+
+class ItemTooLarge(ValueError):
+    """One item alone encodes to more than a record may hold: no split can carry it (the
+    broker would refuse it on every retry), so the request is the client's to fix."""
+
+    def __init__(self, item: object, size: int) -> None:
+        super().__init__(f"one item is {size} bytes encoded (at most {MAX_RECORD_BYTES})")
+        self.item = item
+        self.size = size
+
+
+def split_records(
+    items: list[Item], encode: Callable[[list[Item]], bytes], limit: int = MAX_RECORD_BYTES
+) -> list[tuple[list[Item], bytes]]:
+    """``items`` as consecutive groups, in order, each with its encoded record of at most
+    ``limit`` bytes: one group when it fits (one encoding), else halves, recursively.
+    Raises :class:`ItemTooLarge` for an item that does not fit alone."""
+    value = encode(items)
+    if len(value) <= limit:
+        return [(items, value)]
+    if len(items) == 1:
+        raise ItemTooLarge(items[0], len(value))
+    half = len(items) // 2
+    return split_records(items[:half], encode, limit) + split_records(items[half:], encode, limit)
 
 
 def dedup_key(environment: str, customer_id: str, idempotency_key: str) -> str:

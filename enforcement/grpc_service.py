@@ -33,6 +33,8 @@ from grpclib.const import Status
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
 from byoc_platform.events import (
+    MAX_RECORD_BYTES,
+    ItemTooLarge,
     UsageEvent,
     dimension_value_problem,
     epoch_ms,
@@ -504,6 +506,16 @@ class SidecarService(pb.SidecarServiceBase):
             )
         try:
             await self.events_sink(self.environment, events)
+        except ItemTooLarge as exc:
+            # No record could carry it: UNAVAILABLE would have the client retry forever.
+            event = exc.item
+            assert isinstance(event, UsageEvent)
+            raise grpclib.GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"the event of customer {event.customerId[:64]!r} with idempotency_key "
+                f"{event.idempotencyKey[:64]!r} is {exc.size} bytes encoded (at most "
+                f"{MAX_RECORD_BYTES} per event)",
+            ) from None
         except Exception as exc:
             log.warning("ReportEvents could not make the events durable: %r", exc)
             raise grpclib.GRPCError(Status.UNAVAILABLE, "event log unavailable, retry") from exc

@@ -10,7 +10,9 @@
   counters are replayed only into an empty store, because their event identities are not kept
   forever (see counters.py).
 - ReportEvents (gRPC) produces raw events to ``usage.events`` like the REST ingestion does:
-  one record per (environment, customer), acks=all, before the RPC answers.
+  one record per (environment, customer), split into several of at most MAX_RECORD_BYTES
+  (events.py) when larger, acks=all, before the RPC answers. A retried record may land after
+  a later one of the same call: the processors dedup by key and window by event time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from byoc_platform.events import (
     decode_report_batch,
     encode_batch,
     record_key,
+    split_records,
 )
 from byoc_platform.settings import Settings
 from enforcement.counters import UsageCounters
@@ -236,27 +239,29 @@ class UsageFeed:
         by_customer: dict[str, list[UsageEvent]] = defaultdict(list)
         for event in events:
             by_customer[event.customerId].append(event)
-        producer = self._get_producer()
         received = int(time.time() * 1000)
-        pending = list(by_customer.items())
+
+        def encode(group: list[UsageEvent]) -> bytes:
+            return encode_batch(EventBatch(SCHEMA_VERSION, environment, received, group))
+
+        # Every record before the first is produced: an event too large for any record
+        # (ItemTooLarge) refuses the whole call with nothing of it in the log.
+        pending = [
+            (customer_id, value)
+            for customer_id, customer_events in by_customer.items()
+            for _, value in split_records(customer_events, encode)
+        ]
+        producer = self._get_producer()
         for attempt in range(PRODUCE_ATTEMPTS):
-            failures: list[tuple[str, list[UsageEvent]]] = []
+            failures: list[tuple[str, bytes]] = []
             errors: list[str] = []
-            for customer_id, batch_events in pending:
-                record = encode_batch(
-                    EventBatch(
-                        v=SCHEMA_VERSION,
-                        environment=environment,
-                        receivedAt=received,
-                        events=batch_events,
-                    )
-                )
+            for customer_id, value in pending:
 
                 def report(
                     err: Any,
                     msg: Any,
-                    item: tuple[str, list[UsageEvent]] = (customer_id, batch_events),
-                    failures: list[tuple[str, list[UsageEvent]]] = failures,
+                    item: tuple[str, bytes] = (customer_id, value),
+                    failures: list[tuple[str, bytes]] = failures,
                     errors: list[str] = errors,
                 ) -> None:
                     if not clients.acknowledged(err, msg):  # error, or acked with no offset
@@ -265,7 +270,7 @@ class UsageFeed:
 
                 producer.produce(
                     self.settings.kafka.events_topic,
-                    value=record,
+                    value=value,
                     key=record_key(environment, customer_id),
                     timestamp=received,
                     on_delivery=report,

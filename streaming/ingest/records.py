@@ -14,9 +14,9 @@ Measured on this machine with 1000-event batches over 100 customers: one record 
 API process: the cost is per record on the produce/ack path (librdkafka and the broker), so
 fewer, larger records win.
 
-A record never exceeds ``MAX_RECORD_BYTES`` (librdkafka's default ``message.max.bytes`` is
-1 MB): an oversized group is split into consecutive records for the same partition, which
-stay in order (idempotent producer).
+A record never exceeds ``MAX_RECORD_BYTES`` (byoc_platform/events.py; librdkafka's default
+``message.max.bytes`` is 1 MB): an oversized group is split into consecutive records for the
+same partition, which stay in order (idempotent producer).
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ from typing import Any
 
 import msgspec
 
-from byoc_platform.events import SCHEMA_VERSION, UsageReport, UsageReportBatch, record_key
+from byoc_platform.events import (
+    MAX_RECORD_BYTES,
+    SCHEMA_VERSION,
+    ItemTooLarge,
+    UsageReport,
+    UsageReportBatch,
+    record_key,
+    split_records,
+)
 from streaming.ingest.producer import Record
 from streaming.ingest.wire import Rejected, WireEvent
-
-MAX_RECORD_BYTES = 512 * 1024
 
 
 class WireBatch(msgspec.Struct, omit_defaults=True):
@@ -80,27 +86,25 @@ def _pack(
     items: list[Any],
     make: Callable[[list[Any]], Any],
 ) -> list[Record]:
-    value = _encoder.encode(make(items))
-    if len(value) <= MAX_RECORD_BYTES:
-        key = record_key(environment, items[0].customerId)
-        return [Record(topic, key, value, received_ms, partition)]
-    if len(items) == 1:
+    try:
+        groups = split_records(items, lambda group: _encoder.encode(make(group)))
+    except ItemTooLarge as exc:
         # One item alone over the limit: the broker would refuse it (a 503 the client would
         # retry forever). Nothing of the request is produced yet: refuse it as the client's.
-        item = items[0]
+        item = exc.item
         key_name = getattr(item, "idempotencyKey", None) or getattr(item, "id", "")
         raise Rejected(
             413,
             f"Item too large: the item of customer {item.customerId[:64]!r} with key "
-            f"{str(key_name)[:64]!r} is {len(value)} bytes encoded (at most "
+            f"{str(key_name)[:64]!r} is {exc.size} bytes encoded (at most "
             f"{MAX_RECORD_BYTES} per item)",
             "too_large",
             retryable=False,
-        )
-    half = len(items) // 2
-    return _pack(topic, environment, partition, received_ms, items[:half], make) + _pack(
-        topic, environment, partition, received_ms, items[half:], make
-    )
+        ) from None
+    return [
+        Record(topic, record_key(environment, group[0].customerId), value, received_ms, partition)
+        for group, value in groups
+    ]
 
 
 def _records(

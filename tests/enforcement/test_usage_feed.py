@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpclib
 import pytest
 from confluent_kafka import Consumer, Producer
 from stigg._client import Stigg as RestStigg
@@ -18,6 +19,7 @@ from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
 from byoc_platform import clients
 from byoc_platform.events import (
+    MAX_RECORD_BYTES,
     SCHEMA_VERSION,
     EventBatch,
     UsageEvent,
@@ -197,6 +199,69 @@ def test_report_events_produces_to_usage_events(
     assert event.idempotencyKey == "e-1"
     assert event.timestamp == int(stamp.timestamp() * 1000)
     assert event.dimensions == {"tokens": 12.0, "region": "eu", "ok": True}
+
+
+def records_of(infra: Stack, customer: str, expected_events: int) -> list[list[UsageEvent]]:
+    """The usage.events records of ``customer`` (their events), read until ``expected_events``
+    events arrived or 60 s passed."""
+    consumer = Consumer(clients.consumer_config(infra.settings, f"enf-read-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([infra.settings.kafka.events_topic])
+    records: list[list[UsageEvent]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while sum(map(len, records)) < expected_events and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=1.0):
+                if message.error() or message.key() != record_key("development", customer):
+                    continue
+                assert len(message.value()) <= MAX_RECORD_BYTES
+                records.append(decode_batch(message.value()).events)
+    finally:
+        consumer.close()
+    return records
+
+
+def big_event(customer: str, key: str, size: int) -> pb.Event:
+    return pb.Event(
+        event_name="api_call",
+        customer_id=customer,
+        idempotency_key=key,
+        dimensions={"prompt": pb.EventDimensionValue(string_value="p" * size)},
+    )
+
+
+def test_report_events_over_one_record_are_split_not_refused(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    """1000 events of 900 bytes: one protobuf message under gRPC's 1 MiB, but more JSON than
+    a Kafka record may hold; it used to be one record the broker refused (UNAVAILABLE, which
+    the SDK retries forever)."""
+    customer = new_customer(control_plane, feed_runtime)
+    events = [big_event(customer, f"big-{i:04d}", 900) for i in range(1000)]
+    call(feed_runtime, lambda s: s.report_events(pb.ReportEventsRequest(events=events)))
+    records = records_of(infra, customer, 1000)
+    assert len(records) >= 2
+    keys = [event.idempotencyKey for record in records for event in record]
+    assert keys == [f"big-{i:04d}" for i in range(1000)]
+
+
+def test_report_events_refuses_an_event_no_record_can_hold(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    customer = new_customer(control_plane, feed_runtime)
+    fits, too_big = big_event(customer, "fits", 10), big_event(customer, "too-big", 600_000)
+    with pytest.raises(grpclib.GRPCError) as raised:
+        call(
+            feed_runtime,
+            lambda s: s.report_events(pb.ReportEventsRequest(events=[fits, too_big])),
+        )
+    assert raised.value.status == grpclib.Status.INVALID_ARGUMENT
+    assert "'too-big'" in str(raised.value.message)
+    assert f"at most {MAX_RECORD_BYTES}" in str(raised.value.message)
+    # Nothing of the refused call was produced: the next call's event is the customer's first.
+    after = big_event(customer, "after", 10)
+    call(feed_runtime, lambda s: s.report_events(pb.ReportEventsRequest(events=[after])))
+    records = records_of(infra, customer, 1)
+    assert [event.idempotencyKey for record in records for event in record] == ["after"]
 
 
 def insert_warehouse_events(infra: Stack, customer: str, keys: list[str]) -> None:
