@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from byoc_platform.api_errors import error_response
+from byoc_platform.api_errors import ERROR_CODES, error_response
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +138,24 @@ async def _no_receive() -> Message:
     return _DISCONNECT
 
 
-def header_timeout_response(timeout_s: float) -> bytes:
-    """The raw 408 written when a started request's headers do not arrive in time."""
-    body = msgspec.json.encode(
-        {
-            "error": {
-                "code": "REQUEST_TIMEOUT",
-                "message": f"Request headers not received within {timeout_s:g}s "
-                "(api.header_timeout_s)",
-            }
-        }
-    )
+def raw_error_response(status: int, reason: str, message: str, *, retry: bool) -> bytes:
+    """An error in the API's JSON format (api_errors.py), as raw bytes for the protocol layer
+    (no route, no ASGI cycle), closing the connection."""
+    body = msgspec.json.encode({"error": {"code": ERROR_CODES[status], "message": message}})
     head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
+        f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
-        "x-should-retry: true\r\n"
+        f"x-should-retry: {'true' if retry else 'false'}\r\n"
         "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def header_timeout_response(timeout_s: float) -> bytes:
+    """The raw 408 written when a started request's headers do not arrive in time."""
+    message = f"Request headers not received within {timeout_s:g}s (api.header_timeout_s)"
+    return raw_error_response(408, "Request Timeout", message, retry=True)
 
 
 def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
@@ -184,6 +183,14 @@ def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
                 self._arm_header_timer()
             self._partial = True
             super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            # Bytes that are not HTTP/1.1 (a bad Content-Length, an unknown method, an HTTP/2
+            # preface): uvicorn answers text/plain; clients of this API parse the JSON body.
+            transport = self.transport
+            message = f"{msg.rstrip('.')}: the request is not valid HTTP/1.1"
+            transport.write(raw_error_response(400, "Bad Request", message, retry=False))
+            transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._header_timer is not None:

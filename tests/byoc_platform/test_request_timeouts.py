@@ -250,3 +250,27 @@ def test_shutdown_answers_stalled_bodies_503_and_finishes_complete_requests() ->
             sock.close()
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    ],
+    ids=["bad_content_length", "unknown_method", "http2_preface", "tls_hello"],
+)
+def test_bytes_that_are_not_http_get_a_json_400_and_are_closed(served: Served, raw: bytes) -> None:
+    """uvicorn answers these itself in text/plain; the API's clients parse a JSON error."""
+    with connect(served.port) as sock:
+        sock.sendall(raw)
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert b"x-should-retry: false" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "BAD_REQUEST"
+    assert "not valid HTTP/1.1" in error["message"]
