@@ -28,6 +28,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from sqlalchemy import select
 
 from byoc_platform.catalog import Change, Grant, decode_entity
@@ -233,6 +234,11 @@ class CreditService:
                 grant = decode_entity("grant", change.data)
                 assert isinstance(grant, Grant)
                 view = self.ledger.grant(environment, grant)
+        except msgspec.ValidationError as exc:
+            # Data this runtime cannot read (a newer control plane's schema) would fail on every
+            # replay of the page: skipped, so the changes after it still arrive.
+            log.error("grant %s from the control plane is not a valid grant: %s", change.id, exc)
+            return
         except LedgerError as exc:
             # A grant the ledger refuses (e.g. edited amount) must not stall the feed.
             log.error("grant %s from the control plane refused by the ledger: %s", change.id, exc)

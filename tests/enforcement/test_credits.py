@@ -13,7 +13,7 @@ from stigg._client import Stigg as RestStigg
 from stigg._exceptions import BadRequestError, ConflictError, NotFoundError
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
-from byoc_platform.catalog import Budget
+from byoc_platform.catalog import Budget, Change
 from tests.enforcement.harness import ControlPlaneProcess, Runtime
 from tests.enforcement.test_sidecar_checks import call
 from tests.enforcement.test_usage_reporting import new_customer
@@ -402,3 +402,42 @@ def test_entitlements_state_v2_lists_features_and_credits(
     assert {"f-calls", "f-tokens", "f-storage"} <= features
     listed = rest(runtime).v1.customers.retrieve_entitlements(customer).data.entitlements
     assert any(e.type == "CREDIT" and e.usage_limit == 25 for e in listed)
+
+
+def test_a_synced_grant_this_runtime_cannot_read_does_not_stall_the_feed(
+    control_plane: ControlPlaneProcess, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sync hands each grant change to the ledger before it moves the cursor; one that
+    raised would be replayed, and raise, on every later sync, so no change after it arrived."""
+    customer = new_customer(control_plane, runtime)
+    credits = runtime.component.credits
+    unreadable = Change(
+        seq=1,
+        environment="development",
+        kind="grant",
+        op="upsert",
+        id=f"g-unreadable-{customer}",
+        data={"customerId": customer, "currencyId": "credits", "amount": "a lot"},
+    )
+    credits.apply_grant_change("development", unreadable)
+    assert f"grant g-unreadable-{customer} from the control plane is not a valid grant" in (
+        caplog.text
+    )
+    readable = Change(
+        seq=2,
+        environment="development",
+        kind="grant",
+        op="upsert",
+        id=f"g-readable-{customer}",
+        data={
+            "id": f"g-readable-{customer}",
+            "customerId": customer,
+            "currencyId": "credits",
+            "amount": 7,
+            "effectiveAt": "2026-01-01T00:00:00Z",
+            "createdAt": "2026-01-01T00:00:00Z",
+        },
+    )
+    credits.apply_grant_change("development", readable)
+    grants = list(rest(runtime).v1.credits.grants.list(customer_id=customer))
+    assert [g.id for g in grants] == [f"g-readable-{customer}"]
