@@ -344,6 +344,9 @@ def build_app(
         lifespan=lifespan,
         exception_handlers={ApiError: _on_error, HTTPException: _on_error, 500: _on_error},
     )
+    # No trailing-slash redirects: Starlette builds their Location from the request's Host
+    # header (anyone's choice); a path this API does not have is a 404 in its error format.
+    app.router.redirect_slashes = False
     # Last added runs first: metrics see every answer, the body timeout's 408 included.
     app.add_middleware(AuthMiddleware, keys=context.keys)
     app.add_middleware(

@@ -143,3 +143,16 @@ def test_operations_with_a_body_document_the_core_body_read_answers() -> None:
     assert "api.body_timeout_s" in post["408"]["description"]
     assert post["503"] == {"description": "the component's own"}  # kept, not overwritten
     assert "408" not in paths["/api/v1/echo"]["get"]["responses"]  # no body, no body timeout
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(tmp_path: Path) -> None:
+    client, _, key = _client(tmp_path)
+    resp = client.get(
+        "/api/v1/echo/",
+        headers={"X-API-KEY": key, "Host": "attacker.example"},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 404
+    assert "location" not in resp.headers
+    assert resp.json()["error"]["code"] == "NOT_FOUND"
+    assert client.get("/api/v1/echo", headers={"X-API-KEY": key}).status_code == 200
