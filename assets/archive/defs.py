@@ -8,6 +8,7 @@ from dagster import (
     AssetExecutionContext,
     Backoff,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
@@ -24,6 +25,8 @@ from assets.archive.hours import (
     archive_hour,
     hot_fingerprints,
     recorded_manifests,
+    retired_hours,
+    retired_problem,
 )
 from assets.partitions import DAILY, day_start
 from assets.resources import ArchiveStoreResource, WarehouseResource
@@ -68,6 +71,9 @@ def cold_archive(
     sse_key = archive_store.settings.kms.key_alias
     with warehouse.client() as client:
         db = warehouse.database
+        retired = retired_hours(client, db, day, end)
+        if retired:  # an archive is never replaced by a part of itself
+            raise Failure(retired_problem(retired, "archive the day again"), allow_retries=False)
         hot = hot_fingerprints(client, db, day, end)
         recorded = recorded_manifests(client, db, day, end)
     todo = []

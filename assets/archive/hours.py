@@ -319,6 +319,36 @@ def recorded_manifests(
     }
 
 
+def retired_hours(client: Client, db: str, start: datetime, end: datetime) -> list[str]:
+    """The (environment, hour)s in [start, end) whose archive holds more raw events than the
+    warehouse does now: retention retired their raw events to the cold tier, and the
+    warehouse has at most events that arrived late since. Rolling such an hour up, or
+    archiving it again, from the warehouse would replace the hour by a part of it (its
+    published usage cancelled, its archive overwritten). An expired archive counts too: its
+    events are gone, and what was published from them stands."""
+    hot = hot_fingerprints(client, db, start, end)
+    retired = []
+    for (env, hour), known in sorted(recorded_manifests(client, db, start, end).items()):
+        have = hot.get((env, hour))
+        rows = 0 if have is None else have.rows
+        if rows < known.fingerprint.rows:
+            retired.append(
+                f"{env} {hour:%Y-%m-%dT%H} (warehouse {rows} raw events, "
+                f"{known.status} archive {known.fingerprint.rows})"
+            )
+    return retired
+
+
+def retired_problem(retired: list[str], action: str) -> str:
+    """Why ``action`` is refused for ``retired`` hours, and what to do."""
+    shown = "; ".join(retired[:5]) + (f"; and {len(retired) - 5} more" if len(retired) > 5 else "")
+    return (
+        f"refusing to {action}: the raw events of {shown} were retired to the cold tier. "
+        "Restore them first (`byoc archive restore --hour <hour>`), then run this again; "
+        "an hour whose archive expired cannot be rolled up again"
+    )
+
+
 def archived_environments(s3: Any, bucket: str, hour: datetime) -> list[str]:
     """Environments with an archive object for ``hour`` (listing the bucket, not ClickHouse)."""
     envs = []

@@ -8,12 +8,14 @@ from datetime import timedelta
 from dagster import (
     AssetExecutionContext,
     Backoff,
+    Failure,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
     asset,
 )
 
+from assets.archive.hours import retired_hours, retired_problem
 from assets.meters import MeterSpec, fetch_meters
 from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.resources import ControlPlaneResource, WarehouseResource
@@ -74,6 +76,9 @@ def hourly_usage_rollup(
         db = warehouse.database
         for key in context.partition_keys:
             hour = hour_start(key)
+            retired = retired_hours(client, db, hour, hour + timedelta(hours=1))
+            if retired:  # never a retry: the same data gives the same refusal
+                raise Failure(retired_problem(retired, "roll up"), allow_retries=False)
             present = environments_in(client, db, hour, hour + timedelta(hours=1))
             meters = meters_for(control_plane, present)
             header = rollup_hour(client, db, hour, meters)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
 from dagster import AssetSelection
 
-from assets.archive.hours import object_key
-from assets.partitions import day_key
+from assets.archive.hours import object_key, read_manifest
+from assets.partitions import day_key, hour_key
 from assets.quality.checks import compare_archive
 from assets.retention.policy import hot_days
+from assets.rollups.compute import latest_revision, read_rollup
 from byoc_platform.clients import s3
 from tests.assets.conftest import metadata, run
 from tests.assets.usage_data import (
+    expected_rollup,
     fresh_day,
     insert_events,
     make_events,
@@ -25,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 RETENTION = AssetSelection.assets("retention")
 ARCHIVE = AssetSelection.assets("cold_archive")
+ROLLUP = AssetSelection.assets("hourly_usage_rollup")
 
 
 def rows_of(ch, env, day) -> dict[str, int]:
@@ -130,3 +136,62 @@ def test_retention_expires_archives_older_than_the_archive_policy(infra, env, ch
         parameters={"e": env},
     )
     assert status == "expired"
+
+
+def _rollup_of(ch, env, hour) -> dict:
+    return {r.key: r.value for r in read_rollup(ch, "byoc", hour) if r.environment == env}
+
+
+def _failure(result) -> str:
+    return " ".join(str(e.event_specific_data) for e in result.all_events if e.is_step_failure)
+
+
+def test_a_retired_hour_is_not_rolled_up_or_archived_again_until_restored(infra, env, ch, tmp_path):
+    """After retention, the warehouse holds at most late events of an hour: a re-rollup from
+    it used to replace the hour's usage by theirs (its published billing cancelled), and a
+    re-archive (the late-events sensor asks for both) overwrote the archive with them."""
+    day = fresh_day(1, 15)
+    hour = day + timedelta(hours=5)
+    events = make_events(hour, 30, seed=5)
+    insert_events(ch, "byoc", env, events)
+    minute_rows_from_events(ch, "byoc", env, day, day + timedelta(days=1))
+    policy = settings_file(
+        tmp_path, infra.settings, retention={"hot_days": 30, "archive_days": 3650}
+    )
+    assert run(ROLLUP, hour_key(hour), policy).success
+    assert run(ARCHIVE, day_key(day), policy).success
+    now = {"ops": {"retention": {"config": {"now": (day + timedelta(days=31)).isoformat()}}}}
+    assert run(RETENTION, None, policy, now).success
+    assert rows_of(ch, env, day)["usage_events"] == 0
+    rolled = latest_revision(ch, "byoc", hour)
+    assert _rollup_of(ch, env, hour) == pytest.approx(expected_rollup(env, events))
+    late = make_events(hour, 1, seed=99)
+    insert_events(ch, "byoc", env, late)  # after retention
+
+    again = run(ROLLUP, hour_key(hour), policy)
+    rearchive = run(ARCHIVE, day_key(day), policy)
+
+    assert not again.success and not rearchive.success
+    for result in (again, rearchive):
+        reason = _failure(result)
+        assert "retired to the cold tier" in reason, reason
+        assert f"{env} {hour:%Y-%m-%dT%H} (warehouse 1 raw events, verified archive 30)" in reason
+        assert "byoc archive restore" in reason
+    assert latest_revision(ch, "byoc", hour) == rolled
+    bucket = infra.settings.s3.archive_bucket
+    assert read_manifest(s3(infra.settings), bucket, env, hour).rows == 30
+
+    # Restored, the hour holds its 30 events and the late one: both run, over all of them.
+    command = ["archive", "restore", "--hour", f"{hour:%Y-%m-%dT%H}", "--env", env]
+    restored = subprocess.run(
+        [sys.executable, "-m", "byoc_platform", *command],
+        env={**os.environ, "BYOC_CONFIG_FILE": policy},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert run(ROLLUP, hour_key(hour), policy).success
+    assert _rollup_of(ch, env, hour) == pytest.approx(expected_rollup(env, events + late))
+    assert run(ARCHIVE, day_key(day), policy).success
+    assert read_manifest(s3(infra.settings), bucket, env, hour).rows == 31
