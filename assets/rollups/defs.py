@@ -24,11 +24,16 @@ from assets.sources import usage_events
 
 log = logging.getLogger(__name__)
 
+# The control plane's answers that mean "no such environment" (its catalog is empty).
+UNKNOWN_ENVIRONMENT = {400, 404}
+
 
 def meters_for(
     control_plane: ControlPlaneResource, environments: list[str]
 ) -> dict[str, list[MeterSpec]]:
-    """Every environment's meters; an environment the control plane refuses has none."""
+    """Every environment's meters; an environment the control plane does not know (400, 404)
+    has none. Any other refusal (401, 403, 429, ...) fails the run: an environment without
+    meters rolls up to nothing, and publishing that would cancel the usage billed for it."""
     from byoc_platform.control_plane.client import ControlPlaneRequestError
 
     out: dict[str, list[MeterSpec]] = {}
@@ -37,7 +42,7 @@ def meters_for(
             try:
                 out[env] = fetch_meters(catalog, env)
             except ControlPlaneRequestError as exc:  # e.g. an invalid environment id
-                if exc.status >= 500 or exc.status == 401:
+                if exc.status not in UNKNOWN_ENVIRONMENT:
                     raise
                 log.warning("no catalog for environment %r: %s", env, exc)
                 out[env] = []

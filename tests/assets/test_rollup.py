@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from dagster import AssetSelection
 
 from assets.partitions import hour_key
+from assets.resources import ControlPlaneResource
 from assets.rollups.compute import latest_revision, read_rollup
+from assets.rollups.defs import meters_for
+from byoc_platform.control_plane.client import ControlPlaneRequestError
 from tests.assets.conftest import checks, metadata, run
 from tests.assets.usage_data import expected_rollup, fresh_hour, insert_events, make_events
 
@@ -80,3 +84,42 @@ def test_rematerializing_an_hour_replaces_it(env, ch, config_file):
         parameters={"h": hour.strftime("%Y-%m-%d %H:%M:%S"), "r": revision_one.revision},
     )
     assert stale == 0
+
+
+class _Refusing:
+    """A catalog whose change feed refuses with ``status`` (a unit stand-in: the control
+    plane's real answers for known environments are covered by the tests above)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __enter__(self) -> _Refusing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def iter_changes(self, environment: str, after: int = 0, limit: int = 0):
+        raise ControlPlaneRequestError(self.status, "REFUSED", "refused")
+        yield
+
+
+@pytest.mark.parametrize("status", [401, 403, 408, 409, 429])
+def test_a_refused_catalog_read_fails_the_rollup_instead_of_emptying_it(status, config_file):
+    """An empty rollup of an environment publishes deltas that cancel its billed usage."""
+
+    class Refusing(ControlPlaneResource):
+        def catalog(self) -> Any:
+            return _Refusing(status)
+
+    with pytest.raises(ControlPlaneRequestError):
+        meters_for(Refusing(config_file=config_file), ["some-environment"])
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_an_environment_the_control_plane_does_not_know_has_no_meters(status, config_file):
+    class Unknown(ControlPlaneResource):
+        def catalog(self) -> Any:
+            return _Refusing(status)
+
+    assert meters_for(Unknown(config_file=config_file), ["gone"]) == {"gone": []}
