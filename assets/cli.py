@@ -73,7 +73,8 @@ def restore(
     from assets.archive.restore import plan_restore, restore_manifest
     from assets.resources import ArchiveStoreResource, WarehouseResource
 
-    settings = load_settings(data_dir, console)
+    # The S3, KMS and warehouse of the stack in --data-dir (its ports), not the shell's.
+    settings = running_stack_settings(load_settings(data_dir, console))
     start = _hour(hour, "--hour")
     local = settings.deployment == "local"
     store = ArchiveStoreResource.for_settings(

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import boto3
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from assets.partitions import day_key
 from assets.quality.checks import compare_archive
 from byoc_platform.clients import kms, s3
 from tests.assets.conftest import checks, metadata, run
-from tests.assets.usage_data import fresh_day, insert_events, make_events
+from tests.assets.usage_data import fresh_day, insert_events, make_events, settings_file
 from tests.stack_fixtures import free_port
 
 pytestmark = pytest.mark.integration
@@ -289,3 +290,40 @@ def test_restore_without_s3_says_so_without_a_traceback(tmp_path):
     )
     assert done.returncode == 1
     assert "is the stack up?" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_restore_with_a_data_dir_uses_the_ports_of_the_stack_there(
+    infra, env, ch, config_file, tmp_path
+):
+    """`--data-dir` names a stack: restore reads its settings.yaml (what its supervisor gave
+    the components), as `status` and `rollup backfill` do, not the shell's defaults."""
+    day, events, _ = _archived_day(infra, ch, env, config_file, hours=(9,), rows=40)
+    hour = day + timedelta(hours=9)
+    params = {"e": env, "h": hour.strftime("%Y-%m-%d %H:%M:%S")}
+    ch.command(
+        "DELETE FROM byoc.usage_events WHERE environment = {e:String} "
+        "AND toStartOfHour(event_time) = {h:DateTime('UTC')}",
+        parameters=params,
+    )
+    data_dir = tmp_path / "stack"
+    data_dir.mkdir()
+    Path(settings_file(tmp_path, infra.settings)).rename(data_dir / "settings.yaml")
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_")}
+
+    command = ["archive", "restore", "--hour", hour.strftime("%Y-%m-%dT%H"), "--env", env]
+    done = subprocess.run(
+        [sys.executable, "-m", "byoc_platform", *command, "--data-dir", str(data_dir)],
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert f"restored {len(events[hour])} rows of {env}" in " ".join(done.stderr.split())
+    count = ch.command(
+        "SELECT count() FROM byoc.usage_events FINAL WHERE environment = {e:String} "
+        "AND toStartOfHour(event_time) = {h:DateTime('UTC')}",
+        parameters=params,
+    )
+    assert count == 40
