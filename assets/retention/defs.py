@@ -33,7 +33,8 @@ def retention(
 ) -> MaterializeResult:
     policy = warehouse.settings.retention
     now = datetime.fromisoformat(config.now) if config.now else datetime.now(UTC)
-    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    # Day partitions are UTC days: a time given with another offset is compared in UTC.
+    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     hot_cutoff = (now - timedelta(days=policy.hot_days)).date()
     archive_cutoff = (now - timedelta(days=policy.archive_days)).date()
     report = RetentionReport()

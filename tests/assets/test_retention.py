@@ -195,3 +195,22 @@ def test_a_retired_hour_is_not_rolled_up_or_archived_again_until_restored(infra,
     assert _rollup_of(ch, env, hour) == pytest.approx(expected_rollup(env, events + late))
     assert run(ARCHIVE, day_key(day), policy).success
     assert read_manifest(s3(infra.settings), bucket, env, hour).rows == 31
+
+
+def test_the_policy_time_is_read_in_utc_whatever_its_offset(infra, env, ch, tmp_path):
+    """2 a.m. at +05:00 on the 31st day after ``day`` is 21:00 UTC of the 30th: ``day`` is
+    not yet older than 30 days (the offset's calendar made it so and dropped it)."""
+    day = fresh_day(1, 15)
+    insert_events(ch, "byoc", env, make_events(day + timedelta(hours=3), 10, seed=3))
+    minute_rows_from_events(ch, "byoc", env, day, day + timedelta(days=1))
+    policy = settings_file(
+        tmp_path, infra.settings, retention={"hot_days": 30, "archive_days": 3650}
+    )
+    assert run(ARCHIVE, day_key(day), policy).success
+    at = (day + timedelta(days=31, hours=2)).replace(tzinfo=None).isoformat() + "+05:00"
+
+    result = run(RETENTION, None, policy, {"ops": {"retention": {"config": {"now": at}}}})
+
+    assert result.success
+    assert rows_of(ch, env, day)["usage_events"] == 10
+    assert metadata(result, "retention")["evaluated_at"].endswith("+00:00")
