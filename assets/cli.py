@@ -126,7 +126,9 @@ def backfill(
         bool, typer.Option(help="Also publish to the control plane (--no-publish: rollup only).")
     ] = True,
     wait: Annotated[bool, typer.Option(help="Follow it to the end with a progress bar.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the end.")] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the end.", min=0.0, max=7 * 86400.0)
+    ] = 3600.0,
     data_dir: DataDir = None,
 ) -> None:
     """Roll up (and publish) a range of hours as a backfill of the running Dagster (`byoc up`)."""

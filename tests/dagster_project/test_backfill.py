@@ -124,3 +124,17 @@ def test_hours_outside_the_partitions_are_refused_before_dagster_is_asked(
     )
     assert done.returncode == 2, done.stderr
     assert "hours must lie between 2025-01-01T00 and the last complete hour" in done.stderr
+
+
+@pytest.mark.parametrize("timeout", ["-5", "nan", "1e9"])
+def test_a_timeout_out_of_range_is_refused_before_dagster_is_asked(timeout: str, tmp_path) -> None:
+    hours = ["--from", "2025-01-02T00", "--to", "2025-01-02T01"]
+    done = subprocess.run(
+        [*BYOC, "rollup", "backfill", *hours, "--timeout", timeout],
+        env={**os.environ, "BYOC_DATA_DIR": str(tmp_path), "BYOC_PORTS__DAGSTER": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--timeout" in done.stderr
