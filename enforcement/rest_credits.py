@@ -395,10 +395,13 @@ class CreditRoutes:
             currency_id=currency_id,
             resource_id=resource_id,
         )
+        # The reservation's own wallet: without resourceId the ledger matches any resource,
+        # and the spend and the balance answered must be those of the wallet it held.
+        held = release.reservation
         self.c.credits.count_spend(
-            env, customer_id, resource_id, currency_id, float(release.consumed_amount)
+            env, customer_id, held.resource_id, currency_id, float(release.consumed_amount)
         )
-        return release, self._refresh(env, customer_id, currency_id, resource_id)
+        return release, self._refresh(env, customer_id, currency_id, held.resource_id)
 
     async def release(self, request: Request) -> Response:
         env = p.environment_of(request)

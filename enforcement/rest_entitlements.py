@@ -189,7 +189,7 @@ class EntitlementRoutes:
             feature_body(d, d.feature.id if d.feature else "") for d in decisions
         ]
         if reason is None:
-            for currency_id in self.c.credits.currencies_of(env, customer_id):
+            for currency_id in self.c.credits.currencies_of(env, customer_id, resource_id):
                 decision = self.c.engine.check_credit(env, customer_id, currency_id, resource_id)
                 items.append(credit_body(decision, currency_id))
         data: dict[str, Any] = {"entitlements": items}

@@ -13,7 +13,7 @@ from stigg._client import Stigg as RestStigg
 from stigg._exceptions import BadRequestError, ConflictError, NotFoundError
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
-from byoc_platform.catalog import Budget, Change
+from byoc_platform.catalog import Budget, Change, Customer, Subscription
 from tests.enforcement.harness import ControlPlaneProcess, Runtime
 from tests.enforcement.test_sidecar_checks import call
 from tests.enforcement.test_usage_reporting import new_customer
@@ -441,3 +441,79 @@ def test_a_synced_grant_this_runtime_cannot_read_does_not_stall_the_feed(
     credits.apply_grant_change("development", readable)
     grants = list(rest(runtime).v1.credits.grants.list(customer_id=customer))
     assert [g.id for g in grants] == [f"g-readable-{customer}"]
+
+
+def _customer_with_resources(
+    control_plane: ControlPlaneProcess, runtime: Runtime, resources: list[str]
+) -> str:
+    customer = f"cu-{uuid.uuid4().hex[:8]}"
+    with control_plane.client() as cp:
+        cp.put_entity("development", Customer(id=customer, name=customer, resourceIds=resources))
+        for resource in resources:
+            cp.put_entity(
+                "development",
+                Subscription(
+                    id=f"s-{customer}-{resource}",
+                    customerId=customer,
+                    planId="plan-basic",
+                    resourceId=resource,
+                    startDate="2025-01-01T00:00:00Z",
+                ),
+            )
+    runtime.sync_now()
+    return customer
+
+
+def _listed_credits(runtime: Runtime, customer: str, resource: str | None) -> list[tuple]:
+    params = {"resourceId": resource} if resource else {}
+    listing = httpx.get(
+        f"{runtime.api_url}/api/v1/customers/{customer}/entitlements",
+        params=params,
+        headers={"X-API-KEY": runtime.api_key},
+    )
+    assert listing.status_code == 200, listing.text
+    return [
+        (e["currency"]["currencyId"], e["isGranted"], e["usageLimit"])
+        for e in listing.json()["data"]["entitlements"]
+        if e["type"] == "CREDIT"
+    ]
+
+
+def test_the_entitlements_of_a_resource_list_its_own_wallets(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    """The listing took its currencies from the customer-level wallets: a resource's wallet
+    was missing, or another resource listed a wallet it does not have."""
+    client = rest(runtime)
+    customer = _customer_with_resources(control_plane, runtime, ["r1", "r2"])
+    grant(client, customer, 100, resource_id="r1")
+    assert _listed_credits(runtime, customer, "r1") == [("credits", True, 100)]
+    assert _listed_credits(runtime, customer, "r2") == []
+    grant(client, customer, 7)  # a customer-level wallet too
+    assert _listed_credits(runtime, customer, "r1") == [("credits", True, 100)]
+    assert _listed_credits(runtime, customer, "r2") == []
+
+
+def test_a_release_without_resource_answers_the_reservation_s_wallet(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    client = rest(runtime)
+    customer = _customer_with_resources(control_plane, runtime, ["team-a"])
+    grant(client, customer, 500, resource_id="team-a")
+    grant(client, customer, 9)  # the customer-level wallet the answer used to describe
+    held = credit_check(
+        client, customer, resource_id="team-a", reserve_amount=40, reservation_id=f"h-{customer}"
+    )
+    assert held.is_granted is True
+
+    released = httpx.post(
+        f"{runtime.api_url}/api/v1/credits/reservations/h-{customer}/release",
+        json={"consumedAmount": 10, "currencyId": "credits", "customerId": customer},
+        headers={"X-API-KEY": runtime.api_key},
+    )
+
+    assert released.status_code == 200, released.text
+    credit = released.json()["data"]["credit"]
+    assert (credit["usageLimit"], credit["currentUsage"]) == (500, 10)
+    after = credit_check(client, customer, resource_id="team-a")
+    assert (after.usage_limit, after.current_usage) == (500, 10)
