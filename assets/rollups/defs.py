@@ -19,7 +19,12 @@ from assets.archive.hours import retired_hours, retired_problem
 from assets.meters import MeterSpec, fetch_meters
 from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import RollupRevision, environments_in, rollup_hour
+from assets.rollups.compute import (
+    RollupRevision,
+    environments_in,
+    latest_revision,
+    rollup_hour,
+)
 from assets.sources import usage_events
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,23 @@ def meters_for(
                     raise
                 log.warning("no catalog for environment %r: %s", env, exc)
                 out[env] = []
+    return out
+
+
+def keep_deleted_features(
+    meters: dict[str, list[MeterSpec]], previous: RollupRevision | None
+) -> dict[str, list[MeterSpec]]:
+    """``meters`` plus the meters the hour's last revision rolled up for features the catalog
+    no longer has: deleting a feature must not make a re-rollup cancel the usage already
+    billed under it (the control plane refuses usage of an unknown feature, so the cancelling
+    deltas would also block the hour's publish)."""
+    if previous is None:
+        return meters
+    out = {}
+    for env, specs in meters.items():
+        current = {m.feature_id for m in specs}
+        kept = [m for m in previous.meters.get(env, []) if m.feature_id not in current]
+        out[env] = specs + kept
     return out
 
 
@@ -85,7 +107,9 @@ def hourly_usage_rollup(
             if retired:  # never a retry: the same data gives the same refusal
                 raise Failure(retired_problem(retired, "roll up"), allow_retries=False)
             present = environments_in(client, db, hour, hour + timedelta(hours=1))
-            meters = meters_for(control_plane, present)
+            meters = keep_deleted_features(
+                meters_for(control_plane, present), latest_revision(client, db, hour)
+            )
             header = rollup_hour(client, db, hour, meters)
             for env, feature, value, events in client.query(
                 f"SELECT environment, feature_id, sum(value), sum(events) FROM {db}.usage_hourly "

@@ -15,6 +15,7 @@ from assets.resources import ControlPlaneResource
 from byoc_platform.control_plane.client import ControlPlaneClient
 from tests.assets.conftest import checks, materialized, metadata, run
 from tests.assets.usage_data import (
+    Event,
     expected_rollup,
     fresh_hour,
     insert_events,
@@ -184,3 +185,30 @@ def test_usage_the_control_plane_refuses_stays_pending_and_the_rest_is_published
     assert control_plane_totals(infra.settings, env) == pytest.approx(additive(env, known))
     pending = [e for e in read_ledger(ch, "byoc", hour) if e.status != "sent"]
     assert pending and {e.customer_id for e in pending} == {"cust-unknown"}
+
+
+def test_deleting_a_feature_does_not_cancel_the_usage_billed_under_it(infra, env, ch, small_bulks):
+    """A re-rollup used the catalog of the day: a deleted feature rolled up to nothing and its
+    billed usage was to be cancelled (refused by the control plane, which blocked the hour)."""
+    hour = fresh_hour()
+    events = make_events(hour, 60, seed=21)
+    insert_events(ch, "byoc", env, events)
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks).success
+    billed = control_plane_totals(infra.settings, env)
+    assert any(feature == "feature-tokens" for _, _, feature in billed)
+    with ControlPlaneClient.from_settings(infra.settings) as cp:
+        assert cp.delete_entity(env, "feature", "feature-tokens") is not None
+    customer, resource = events[0].customer_id, events[0].resource_id
+    at = hour + timedelta(minutes=59)
+    late = Event(customer, "api_call", "late-after-delete", at, resource_id=resource)
+    insert_events(ch, "byoc", env, [late])
+
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
+
+    assert result.success
+    after = control_plane_totals(infra.settings, env)
+    calls = (customer, resource, "feature-api-calls")
+    assert after[calls] == pytest.approx(billed[calls] + 1)
+    assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
+        {k: v for k, v in billed.items() if k != calls}
+    )
