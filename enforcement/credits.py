@@ -55,6 +55,7 @@ def to_wallet(b: Balance) -> WalletBalance:
             b.voided > 0 and b.usage_limit == 0 and b.scheduled == 0 and b.pending_payment == 0
         ),
         updated_at=b.as_of.timestamp(),
+        reserved_on_expired_grants=float(b.reserved_on_inactive_grants),
     )
 
 
@@ -160,6 +161,7 @@ class CreditService:
                 revoked=current.revoked,
                 updated_at=time.time(),
                 usage_period_end=current.usage_period_end,
+                reserved_on_expired_grants=current.reserved_on_expired_grants,
             )
             self._balances[key] = updated
             return updated

@@ -69,6 +69,9 @@ class WalletBalance:
     revoked: bool  # grants were voided and nothing usable or scheduled is left
     updated_at: float
     usage_period_end: float | None = None
+    # Held by open reservations on grants that expired (or were voided) during the hold: not
+    # in current_usage, still releasable (Stigg's reservedOnExpiredGrants).
+    reserved_on_expired_grants: float = 0.0
 
 
 @dataclass(slots=True)

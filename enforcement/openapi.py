@@ -114,6 +114,7 @@ CREDIT_ENTITLEMENT = {
         "usageLimit": _NUM,
         "usageUpdatedAt": _AT,
         "reserved": _NUM,
+        "reservedOnExpiredGrants": _NUM,
         "usagePeriodEnd": _AT,
         "reservation": RESERVATION,
     },

@@ -97,6 +97,8 @@ def credit_body(
         body["accessDeniedReason"] = decision.reason
     if b is not None and b.usage_period_end is not None:
         body["usagePeriodEnd"] = iso(b.usage_period_end)
+    if b is not None and b.reserved_on_expired_grants:
+        body["reservedOnExpiredGrants"] = b.reserved_on_expired_grants
     if reservation is not None:
         body["reservation"] = reservation
     body["currency"] = {k: v for k, v in body["currency"].items() if v is not None}

@@ -5,7 +5,9 @@ and the credit denial reasons on both REST and gRPC."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -517,3 +519,28 @@ def test_a_release_without_resource_answers_the_reservation_s_wallet(
     assert (credit["usageLimit"], credit["currentUsage"]) == (500, 10)
     after = credit_check(client, customer, resource_id="team-a")
     assert (after.usage_limit, after.current_usage) == (500, 10)
+
+
+def test_a_hold_on_a_grant_that_expires_is_reported_apart(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    """Credits held on a grant that expired during the hold are no longer in currentUsage
+    (nor in the limit) but can still be released: Stigg reports them as
+    reservedOnExpiredGrants, which the checks never sent."""
+    client = rest(runtime)
+    customer = new_customer(control_plane, runtime)
+    expire_at = datetime.now(UTC) + timedelta(seconds=3)
+    grant(client, customer, 10, priority=1, expire_at=expire_at.isoformat())
+    grant(client, customer, 100)
+    held = credit_check(client, customer, reserve_amount=8, reservation_id=f"x-{customer}")
+    assert held.is_granted is True and held.reserved == 8
+    assert held.reserved_on_expired_grants is None
+
+    deadline = time.monotonic() + 30
+    after = credit_check(client, customer)
+    while after.usage_limit != 100 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the expiry sweep runs in the background
+        after = credit_check(client, customer)
+
+    assert (after.usage_limit, after.current_usage, after.reserved) == (100, 0, 0)
+    assert after.reserved_on_expired_grants == 8
