@@ -326,9 +326,12 @@ def retired_hours(client: Client, db: str, start: datetime, end: datetime) -> li
     archiving it again, from the warehouse would replace the hour by a part of it (its
     published usage cancelled, its archive overwritten). An expired archive counts too: its
     events are gone, and what was published from them stands."""
+    recorded = recorded_manifests(client, db, start, end)
+    if not recorded:  # the usual case (a rollup before the day's archive): no FINAL scan
+        return []
     hot = hot_fingerprints(client, db, start, end)
     retired = []
-    for (env, hour), known in sorted(recorded_manifests(client, db, start, end).items()):
+    for (env, hour), known in sorted(recorded.items()):
         have = hot.get((env, hour))
         rows = 0 if have is None else have.rows
         if rows < known.fingerprint.rows:
