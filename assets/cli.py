@@ -73,6 +73,8 @@ def restore(
     from assets.archive.restore import plan_restore, restore_manifest
     from assets.resources import ArchiveStoreResource, WarehouseResource
 
+    if environment is not None and not environment.strip():
+        raise _fail("--env is empty: name an environment, or leave --env out for all", 2)
     # The S3, KMS and warehouse of the stack in --data-dir (its ports), not the shell's.
     settings = running_stack_settings(load_settings(data_dir, console))
     start = _hour(hour, "--hour")

@@ -274,6 +274,16 @@ def test_restore_of_an_hour_without_archive_fails_clearly(infra, config_file):
         timeout=120,
     )
     assert bad.returncode == 2 and "--hour" in bad.stderr
+    hour = ["--hour", "2025-01-02T03"]
+    empty = subprocess.run(
+        [sys.executable, "-m", "byoc_platform", "archive", "restore", *hour, "--env", " "],
+        env={**os.environ, "BYOC_CONFIG_FILE": config_file},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # An empty --env meant every environment: a restore far wider than asked.
+    assert empty.returncode == 2 and "--env is empty" in empty.stderr
 
 
 def test_restore_without_s3_says_so_without_a_traceback(tmp_path):
