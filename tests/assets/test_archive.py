@@ -89,6 +89,17 @@ def _archived_day(infra, ch, env, config_file, hours=(2, 7), rows=250):
     return day, events, result
 
 
+def _restore(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`byoc archive restore ARGS` in a child process with the environment ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "byoc_platform", "archive", "restore", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _crypto(kms_client, settings) -> ArchiveCrypto:
     return ArchiveCrypto(
         kms_client, settings.kms.key_alias, settings.kms.pii_key_alias, EVENT_COLUMNS
@@ -227,22 +238,12 @@ def test_restore_brings_the_rows_back(infra, env, ch, config_file):
     )
     assert ch.command(count, parameters=params) == 0
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "byoc_platform",
-            "archive",
-            "restore",
-            "--hour",
-            hour.strftime("%Y-%m-%dT%H"),
-            "--env",
-            env,
-        ],
+    done = _restore(
+        "--hour",
+        hour.strftime("%Y-%m-%dT%H"),
+        "--env",
+        env,
         env={**os.environ, "BYOC_CONFIG_FILE": config_file},
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
 
     assert done.returncode == 0, done.stderr
@@ -257,31 +258,13 @@ def test_restore_brings_the_rows_back(infra, env, ch, config_file):
 
 
 def test_restore_of_an_hour_without_archive_fails_clearly(infra, config_file):
-    done = subprocess.run(
-        [sys.executable, "-m", "byoc_platform", "archive", "restore", "--hour", "2025-01-02T03"],
-        env={**os.environ, "BYOC_CONFIG_FILE": config_file},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    configured = {**os.environ, "BYOC_CONFIG_FILE": config_file}
+    done = _restore("--hour", "2025-01-02T03", env=configured)
     assert done.returncode == 1
     assert "no archive holds 2025-01-02T03:00 UTC" in done.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "byoc_platform", "archive", "restore", "--hour", "yesterday"],
-        env={**os.environ, "BYOC_CONFIG_FILE": config_file},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = _restore("--hour", "yesterday", env=configured)
     assert bad.returncode == 2 and "--hour" in bad.stderr
-    hour = ["--hour", "2025-01-02T03"]
-    empty = subprocess.run(
-        [sys.executable, "-m", "byoc_platform", "archive", "restore", *hour, "--env", " "],
-        env={**os.environ, "BYOC_CONFIG_FILE": config_file},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    empty = _restore("--hour", "2025-01-02T03", "--env", " ", env=configured)
     # An empty --env meant every environment: a restore far wider than asked.
     assert empty.returncode == 2 and "--env is empty" in empty.stderr
 
@@ -320,14 +303,8 @@ def test_restore_with_a_data_dir_uses_the_ports_of_the_stack_there(
     Path(settings_file(tmp_path, infra.settings)).rename(data_dir / "settings.yaml")
     shell = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_")}
 
-    command = ["archive", "restore", "--hour", hour.strftime("%Y-%m-%dT%H"), "--env", env]
-    done = subprocess.run(
-        [sys.executable, "-m", "byoc_platform", *command, "--data-dir", str(data_dir)],
-        env=shell,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    label = hour.strftime("%Y-%m-%dT%H")
+    done = _restore("--hour", label, "--env", env, "--data-dir", str(data_dir), env=shell)
 
     assert done.returncode == 0, done.stderr
     assert f"restored {len(events[hour])} rows of {env}" in " ".join(done.stderr.split())

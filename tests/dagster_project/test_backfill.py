@@ -115,13 +115,7 @@ def test_hours_outside_the_partitions_are_refused_before_dagster_is_asked(
 ) -> None:
     # Dagster answered such ranges with a 500 ("Multiple initial assets not yet supported"),
     # and a 2,000-year range took 79 s and 2.2 GB to list before that.
-    done = subprocess.run(
-        [*BYOC, "rollup", "backfill", "--from", first, "--to", last],
-        env={**os.environ, "BYOC_DATA_DIR": str(tmp_path), "BYOC_PORTS__DAGSTER": str(free_port())},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _backfill_without_dagster(tmp_path, "--from", first, "--to", last)
     assert done.returncode == 2, done.stderr
     assert "hours must lie between 2025-01-01T00 and the last complete hour" in done.stderr
 
@@ -129,12 +123,17 @@ def test_hours_outside_the_partitions_are_refused_before_dagster_is_asked(
 @pytest.mark.parametrize("timeout", ["-5", "nan", "1e9"])
 def test_a_timeout_out_of_range_is_refused_before_dagster_is_asked(timeout: str, tmp_path) -> None:
     hours = ["--from", "2025-01-02T00", "--to", "2025-01-02T01"]
-    done = subprocess.run(
-        [*BYOC, "rollup", "backfill", *hours, "--timeout", timeout],
-        env={**os.environ, "BYOC_DATA_DIR": str(tmp_path), "BYOC_PORTS__DAGSTER": str(free_port())},
+    done = _backfill_without_dagster(tmp_path, *hours, "--timeout", timeout)
+    assert done.returncode == 2, done.stderr
+    assert "--timeout" in done.stderr
+
+
+def _backfill_without_dagster(data_dir, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoc rollup backfill ARGS` against a port where no Dagster listens."""
+    return subprocess.run(
+        [*BYOC, "rollup", "backfill", *args],
+        env={**os.environ, "BYOC_DATA_DIR": str(data_dir), "BYOC_PORTS__DAGSTER": str(free_port())},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2, done.stderr
-    assert "--timeout" in done.stderr

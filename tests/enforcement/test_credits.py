@@ -413,25 +413,25 @@ def test_a_synced_grant_this_runtime_cannot_read_does_not_stall_the_feed(
     raised would be replayed, and raise, on every later sync, so no change after it arrived."""
     customer = new_customer(control_plane, runtime)
     credits = runtime.component.credits
-    unreadable = Change(
-        seq=1,
-        environment="development",
-        kind="grant",
-        op="upsert",
-        id=f"g-unreadable-{customer}",
-        data={"customerId": customer, "currencyId": "credits", "amount": "a lot"},
+
+    def change(seq: int, grant_id: str, data: dict) -> Change:
+        return Change(
+            seq=seq, environment="development", kind="grant", op="upsert", id=grant_id, data=data
+        )
+
+    unreadable = change(
+        1,
+        f"g-unreadable-{customer}",
+        {"customerId": customer, "currencyId": "credits", "amount": "a lot"},
     )
     credits.apply_grant_change("development", unreadable)
     assert f"grant g-unreadable-{customer} from the control plane is not a valid grant" in (
         caplog.text
     )
-    readable = Change(
-        seq=2,
-        environment="development",
-        kind="grant",
-        op="upsert",
-        id=f"g-readable-{customer}",
-        data={
+    readable = change(
+        2,
+        f"g-readable-{customer}",
+        {
             "id": f"g-readable-{customer}",
             "customerId": customer,
             "currencyId": "credits",
