@@ -138,6 +138,16 @@ class PartitionEngine:
             raise InvalidRecord(f"partition {self.partition} offset {offset}: {exc}") from exc
         return self.process(offset, batch)
 
+    def skip(self, offset: int) -> bool:
+        """Cover ``offset`` without processing it (a record that is not an EventBatch): only the
+        offset moves; the receive clock, which evicts the dedup window, does not (the record's
+        Kafka timestamp is any producer's choice). False if the state already covers it."""
+        if self._next_offset is not None and offset < self._next_offset:
+            self.counters.skipped_records += 1
+            return False
+        self._next_offset = offset + 1
+        return True
+
     def process(self, offset: int, batch: EventBatch) -> bool:
         """Process one record; False if ``offset`` is already covered by the state (skipped)."""
         if self._next_offset is not None and offset < self._next_offset:

@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 
 from byoc_platform import clients
-from byoc_platform.events import SCHEMA_VERSION, EventBatch, decode_batch, record_key
+from byoc_platform.events import decode_batch, record_key
 from byoc_platform.settings import Settings
 from streaming.engine import Counters, EngineConfig, StreamEngine
 from streaming.processor.checkpoints import CheckpointStore, stream_name
@@ -261,7 +261,9 @@ class StreamProcessor:
             log.error(
                 "partition %d offset %d: not an EventBatch, skipped: %s", partition, offset, exc
             )
-            batch = EventBatch(SCHEMA_VERSION, "", message.timestamp()[1], [])
+            if engine.skip(offset):
+                self._batch_start.setdefault(partition, offset)  # its offset is committed
+            return
         before = engine.counters.events
         if engine.process(offset, batch):
             self._batch_start.setdefault(partition, offset)

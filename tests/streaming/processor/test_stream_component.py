@@ -59,19 +59,32 @@ def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
         def delivered(err: object, msg: object) -> None:
             offsets[msg.partition()] = msg.offset() + 1  # type: ignore[attr-defined]
 
-        producer.produce(s.kafka.events_topic, key=key, value=b"{not json", on_delivery=delivered)
-        producer.produce(
-            s.kafka.events_topic,
-            key=key,
-            value=encode_batch(EventBatch(SCHEMA_VERSION, environment, 2, [event])),
-            on_delivery=delivered,
-        )
+        now_ms = int(time.time() * 1000)
+        for received_ms, value, kafka_time_ms in (
+            (now_ms, None, now_ms),
+            # A bad record stamped 8 days ahead: skipping it must move nothing but the offset
+            # (it used to move the receive clock, evicting the 7-day dedup window).
+            (None, b"{not json", now_ms + 8 * 86_400_000),
+            (now_ms + 1000, None, now_ms + 1000),  # a retry of the event: a duplicate
+        ):
+            if value is None:
+                assert received_ms is not None
+                batch = EventBatch(SCHEMA_VERSION, environment, received_ms, [event])
+                value = encode_batch(batch)
+            producer.produce(
+                s.kafka.events_topic,
+                key=key,
+                value=value,
+                timestamp=kafka_time_ms,
+                on_delivery=delivered,
+            )
         assert producer.flush(30) == 0
         wait_checkpointed(s, offsets)
 
         _, metrics = _get(f"{base}/metrics")
         assert "byoc_stream_bad_records_total 1.0" in metrics
         assert "byoc_stream_events_durable_total 1.0" in metrics
+        assert "byoc_stream_duplicates_total 1.0" in metrics
         assert 'byoc_stream_rows_written_total{table="usage_events"} 1.0' in metrics
     finally:
         supervisor.stop()
