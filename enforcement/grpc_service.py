@@ -483,6 +483,10 @@ class SidecarService(pb.SidecarServiceBase):
                 )
             dims = {name: _dimension(value) for name, value in ev.dimensions.items()}
             for name, value in dims.items():
+                if not name:  # the stream engines' event count is the metric named ""
+                    raise grpclib.GRPCError(
+                        Status.INVALID_ARGUMENT, f"events[{i}].dimensions: a name is empty"
+                    )
                 # The stream engines and the counters sum numeric dimensions as floats.
                 problem = dimension_value_problem(value)
                 if problem is not None:

@@ -34,7 +34,8 @@ _NON_EMPTY = {"type": "string", "minLength": 1}
 _DIMENSIONS = {
     "type": "object",
     "description": "Strings and booleans label the event; numbers are summed by meters and "
-    "must lie within ±(2^53 - 1)",
+    "must lie within ±(2^53 - 1). Names are not empty",
+    "propertyNames": {"minLength": 1},
     "additionalProperties": {
         "anyOf": [
             {"type": ["string", "boolean"]},

@@ -151,6 +151,8 @@ class IngestService:
             where = f"{path}[{index}]" if path.endswith("usages") else path
             value = wire.round_value(usage.value, where)
             created = received if usage.createdAt is None else epoch_ms(usage.createdAt)
+            if usage.dimensions and "" in usage.dimensions:
+                raise wire.empty_dimension_name(f"{where}.dimensions")
             for name, dimension in (usage.dimensions or {}).items():
                 bad = dimension_value_problem(dimension)
                 if bad is not None:

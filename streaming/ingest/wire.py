@@ -159,12 +159,21 @@ def check_count(count: int, max_items: int, what: str) -> None:
         )
 
 
+def empty_dimension_name(where: str) -> Rejected:
+    # The stream engines keep a minute's event count as the metric named "" (windows.py): a
+    # dimension "" overwrote it.
+    message = f"Invalid request: a dimension name is empty - at `{where}`"
+    return Rejected(422, message, "invalid", retryable=False)
+
+
 def stamp_events(
     events: list[Any], now_ms: int, max_future_ms: int, path: str = "$.events"
 ) -> list[WireEvent]:
     """Replace each event's datetime by epoch ms (receive time when absent); 422 when a
     numeric dimension or the time is out of the bounds of byoc_platform.events."""
     for index, event in enumerate(events):
+        if "" in event.dimensions:  # one lookup per event (a key constraint cost 12% here)
+            raise empty_dimension_name(f"{path}[{index}].dimensions")
         for name, value in event.dimensions.items():
             # Refused here, before it is durable: the stream engines and the usage counters
             # sum numeric dimensions as floats. The comparison alone (false for nan and inf,

@@ -231,6 +231,7 @@ def test_unreadable_timestamps_are_named(
             event("e", dimensions={"tokens": number(-(2.0**53))}),
             "dimensions.tokens is out of range (at most 9007199254740991 in absolute value)",
         ),
+        (event("e", dimensions={"": number(100)}), "dimensions: a name is empty"),
         (
             event("e", dimensions={"tokens": number(float("inf"))}),
             "dimensions.tokens is not a finite number",

@@ -117,6 +117,13 @@ CASES: dict[str, tuple[Callable[[str], bytes | dict], int, str, list[str]]] = {
         "UNPROCESSABLE_ENTITY",
         ["$.events[1].timestamp", "before 1970-01-01"],
     ),
+    # The stream engines keep a minute's event count as the metric "": it was overwritten.
+    "empty_dimension_name": (
+        lambda c: {"events": [event(c, "a", dimensions={"": 100})]},
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["a dimension name is empty", "$.events[0].dimensions"],
+    ),
     # Two such values summed to inf (and inf + -inf to a NULL counter): refused before Kafka.
     "huge_float_dimension": (
         lambda c: {"events": [event(c, "a", dimensions={"tokens": 1.7e308})]},
@@ -207,6 +214,12 @@ USAGE_CASES: dict[str, tuple[Callable[[str], dict], list[str]]] = {
             ]
         },
         ["$.usages[0].createdAt", "before 1970-01-01"],
+    ),
+    "empty_dimension_name": (
+        lambda c: {
+            "usages": [{"customerId": c, "featureId": "f", "value": 1, "dimensions": {"": 1}}]
+        },
+        ["a dimension name is empty", "$.usages[0].dimensions"],
     ),
     "huge_dimension": (
         lambda c: {
