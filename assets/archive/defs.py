@@ -25,7 +25,7 @@ from assets.archive.hours import (
     archive_hour,
     hot_fingerprints,
     recorded_manifests,
-    retired_hours,
+    retired_among,
     retired_problem,
 )
 from assets.partitions import DAILY, day_start
@@ -71,11 +71,11 @@ def cold_archive(
     sse_key = archive_store.settings.kms.key_alias
     with warehouse.client() as client:
         db = warehouse.database
-        retired = retired_hours(client, db, day, end)
-        if retired:  # an archive is never replaced by a part of itself
-            raise Failure(retired_problem(retired, "archive the day again"), allow_retries=False)
         hot = hot_fingerprints(client, db, day, end)
         recorded = recorded_manifests(client, db, day, end)
+    retired = retired_among(hot, recorded)
+    if retired:  # an archive is never replaced by a part of itself
+        raise Failure(retired_problem(retired, "archive the day again"), allow_retries=False)
     todo = []
     for (env, hour), expected in sorted(hot.items()):
         known = recorded.get((env, hour))

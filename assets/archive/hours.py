@@ -320,16 +320,24 @@ def recorded_manifests(
 
 
 def retired_hours(client: Client, db: str, start: datetime, end: datetime) -> list[str]:
-    """The (environment, hour)s in [start, end) whose archive holds more raw events than the
-    warehouse does now: retention retired their raw events to the cold tier, and the
-    warehouse has at most events that arrived late since. Rolling such an hour up, or
-    archiving it again, from the warehouse would replace the hour by a part of it (its
-    published usage cancelled, its archive overwritten). An expired archive counts too: its
-    events are gone, and what was published from them stands."""
+    """:func:`retired_among` the (environment, hour)s in [start, end), reading the warehouse's
+    raw events only when one of them has an archive."""
     recorded = recorded_manifests(client, db, start, end)
     if not recorded:  # the usual case (a rollup before the day's archive): no FINAL scan
         return []
-    hot = hot_fingerprints(client, db, start, end)
+    return retired_among(hot_fingerprints(client, db, start, end), recorded)
+
+
+def retired_among(
+    hot: dict[tuple[str, datetime], Fingerprint],
+    recorded: dict[tuple[str, datetime], RecordedManifest],
+) -> list[str]:
+    """The (environment, hour)s whose archive holds more raw events than the warehouse does
+    now: retention retired their raw events to the cold tier, and the warehouse has at most
+    events that arrived late since. Rolling such an hour up, or archiving it again, from the
+    warehouse would replace the hour by a part of it (its published usage cancelled, its
+    archive overwritten). An expired archive counts too: its events are gone, and what was
+    published from them stands."""
     retired = []
     for (env, hour), known in sorted(recorded.items()):
         have = hot.get((env, hour))

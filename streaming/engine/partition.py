@@ -138,10 +138,10 @@ class PartitionEngine:
             raise InvalidRecord(f"partition {self.partition} offset {offset}: {exc}") from exc
         return self.process(offset, batch)
 
-    def skip(self, offset: int) -> bool:
-        """Cover ``offset`` without processing it (a record that is not an EventBatch): only the
-        offset moves; the receive clock, which evicts the dedup window, does not (the record's
-        Kafka timestamp is any producer's choice). False if the state already covers it."""
+    def take_offset(self, offset: int) -> bool:
+        """Cover ``offset``; False if the state already covers it (skipped). Alone, for a record
+        that is not an EventBatch, only the offset moves: the receive clock, which evicts the
+        dedup window, does not (the record's Kafka timestamp is any producer's choice)."""
         if self._next_offset is not None and offset < self._next_offset:
             self.counters.skipped_records += 1
             return False
@@ -150,10 +150,8 @@ class PartitionEngine:
 
     def process(self, offset: int, batch: EventBatch) -> bool:
         """Process one record; False if ``offset`` is already covered by the state (skipped)."""
-        if self._next_offset is not None and offset < self._next_offset:
-            self.counters.skipped_records += 1
+        if not self.take_offset(offset):
             return False
-        self._next_offset = offset + 1
         environment = batch.environment
         received_at = batch.receivedAt
         dedup = self._dedup

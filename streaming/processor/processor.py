@@ -261,7 +261,7 @@ class StreamProcessor:
             log.error(
                 "partition %d offset %d: not an EventBatch, skipped: %s", partition, offset, exc
             )
-            if engine.skip(offset):
+            if engine.take_offset(offset):
                 self._batch_start.setdefault(partition, offset)  # its offset is committed
             return
         before = engine.counters.events
