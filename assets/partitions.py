@@ -15,8 +15,11 @@ from dagster import (
     PreviewWarning,
 )
 
-# The first hour the platform can hold data for; backfills reach back to here.
-PARTITIONS_START = "2025-01-01"
+from byoc_platform.events import FIRST_EVENT_TIME
+
+# The first hour the platform can hold data for (ingestion refuses earlier events); backfills
+# reach back to here.
+PARTITIONS_START = FIRST_EVENT_TIME.date().isoformat()
 
 HOURLY = HourlyPartitionsDefinition(start_date=f"{PARTITIONS_START}-00:00", timezone="UTC")
 DAILY = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")

@@ -139,9 +139,6 @@ def is_finite_number(value: float) -> bool:
 # Stigg's bound for usage values (whole numbers up to 2^53 - 1) no sum can overflow, where two
 # values near 1.7e308 made +inf, and inf + -inf a NULL counter that blocked the consumer.
 MAX_DIMENSION_VALUE = 2.0**53 - 1
-# usage_minute's DateTime is unsigned seconds since 1970: an earlier event time cannot be
-# aggregated (every such minute collapsed into 1970-01-01 00:00).
-MIN_EVENT_TIME_MS = 0
 
 
 def dimension_value_problem(value: object) -> str | None:
@@ -166,10 +163,18 @@ def epoch_ms(value: datetime) -> int:
     return (value - _EPOCH) // _ONE_MS
 
 
+# The first hour the platform rolls up, archives and retains (the Dagster partitions start
+# there): an earlier event would be stored but never billed, and its day never archived.
+# It also keeps event times within usage_minute's DateTime (unsigned seconds since 1970).
+FIRST_EVENT_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+MIN_EVENT_TIME_MS = epoch_ms(FIRST_EVENT_TIME)
+BEFORE_FIRST_HOUR = "is before 2025-01-01T00:00:00Z, the first hour the platform rolls up"
+
+
 def event_time_problem(time_ms: int, now_ms: int, max_future_ms: int) -> str | None:
     """Why an event time (epoch ms) cannot be accepted (None when it can)."""
     if time_ms < MIN_EVENT_TIME_MS:
-        return "is before 1970-01-01T00:00:00Z"
+        return BEFORE_FIRST_HOUR
     if time_ms > now_ms + max_future_ms:
         return f"is more than {max_future_ms / 1000:g}s in the future"
     return None

@@ -43,7 +43,9 @@ _DIMENSIONS = {
         ]
     },
 }
-_DATETIME = {"type": "string", "format": "date-time"}
+# An example inside the accepted range (not before the first hour rolled up).
+_EVENT_TIME_EXAMPLE = "2025-06-01T12:00:00Z"
+_DATETIME = {"type": "string", "format": "date-time", "examples": [_EVENT_TIME_EXAMPLE]}
 _UNSUPPORTED = "The body is not declared `application/json` (Content-Type missing or another type)"
 _RETRY_HEADERS = {
     "retry-after": {"description": "Seconds to wait", "schema": {"type": "string"}},
@@ -92,8 +94,9 @@ def _event(limit_note: str) -> dict[str, Any]:
             "timestamp": {
                 "type": ["string", "null"],
                 "format": "date-time",
+                "examples": [_EVENT_TIME_EXAMPLE],
                 "description": f"Event time (RFC 3339; naive = UTC; default: receive time), "
-                f"not before 1970-01-01T00:00:00Z. {limit_note}",
+                f"not before 2025-01-01T00:00:00Z (the first hour rolled up). {limit_note}",
             },
         },
     }
@@ -125,8 +128,9 @@ def _usage(max_future_skew_s: float, extra: dict[str, Any] | None = None) -> dic
             "dimensions": {"anyOf": [_DIMENSIONS, {"type": "null"}]},
             "createdAt": {
                 "anyOf": [_DATETIME, {"type": "null"}],
-                "description": "Not before 1970-01-01T00:00:00Z, at most "
-                f"{max_future_skew_s:g}s in the future; default: receive time",
+                "examples": [_EVENT_TIME_EXAMPLE],
+                "description": "Not before 2025-01-01T00:00:00Z (the first hour rolled up), "
+                f"at most {max_future_skew_s:g}s in the future; default: receive time",
             },
             **(extra or {}),
         },

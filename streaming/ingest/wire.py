@@ -5,8 +5,8 @@ msgspec decodes and validates in one C pass; its errors already name the path
 :class:`~byoc_platform.api_errors.ApiError` with the status the contract asks for:
 
 - malformed JSON -> 400; more than ``max_events`` items -> 413; a missing, ill-typed or
-  unknown field, an empty batch, a timestamp too far in the future or before 1970, or a
-  numeric dimension beyond 2^53 - 1 -> 422 naming the index and the field.
+  unknown field, an empty batch, a timestamp too far in the future or before 2025 (the first
+  hour rolled up), or a numeric dimension beyond 2^53 - 1 -> 422 naming the index and field.
 
 Unknown fields are refused (REST as GraphQL): every field the official SDKs send is known
 (stigg-api.md), and a misspelt optional field (``idempotencykey``, ``resource_id``) would

@@ -39,7 +39,7 @@ METHODS = [
 ]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FUTURE = "is more than 300s in the future"
-BEFORE_1970 = "is before 1970-01-01T00:00:00Z"
+BEFORE_FIRST_HOUR = "is before 2025-01-01T00:00:00Z, the first hour the platform rolls up"
 
 
 @pytest.fixture(autouse=True)
@@ -220,9 +220,13 @@ def test_unreadable_timestamps_are_named(
         (event("e", timestamp=datetime(2999, 1, 1, tzinfo=UTC)), f"timestamp {FUTURE}"),
         (
             event("e", timestamp=datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)),
-            "timestamp " + BEFORE_1970,
+            "timestamp " + BEFORE_FIRST_HOUR,
         ),
-        (event("e", timestamp=datetime(1, 1, 1, tzinfo=UTC)), f"timestamp {BEFORE_1970}"),
+        (event("e", timestamp=datetime(1, 1, 1, tzinfo=UTC)), f"timestamp {BEFORE_FIRST_HOUR}"),
+        (
+            event("e", timestamp=datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)),
+            f"timestamp {BEFORE_FIRST_HOUR}",
+        ),
         (
             event("e", dimensions={"tokens": number(1.7e308)}),
             "dimensions.tokens is out of range (at most 9007199254740991 in absolute value)",
@@ -260,10 +264,11 @@ def test_report_events_accepts_the_edges_of_the_bounds(
 ) -> None:
     soon = datetime.now(UTC) + timedelta(seconds=240)  # within the 300 s skew
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    first_hour = datetime(2025, 1, 1, tzinfo=UTC)
     request = pb.ReportEventsRequest(
         events=[
             event("soon", timestamp=soon, dimensions={"tokens": number(2.0**53 - 1)}),
-            event("epoch", timestamp=epoch, dimensions={"tokens": number(-(2.0**53 - 1))}),
+            event("first", timestamp=first_hour, dimensions={"tokens": number(-(2.0**53 - 1))}),
             event("now"),
         ]
     )
@@ -273,7 +278,7 @@ def test_report_events_accepts_the_edges_of_the_bounds(
         first, second, third = produced
         assert first.timestamp == (soon - epoch) // timedelta(milliseconds=1)
         assert first.dimensions == {"tokens": 2.0**53 - 1}
-        assert second.timestamp == 0
+        assert second.timestamp == (first_hour - epoch) // timedelta(milliseconds=1)
         assert third.timestamp >= before_ms  # the receive time
     finally:
         produced.clear()
@@ -302,7 +307,8 @@ def test_the_future_bound_is_the_services_skew_setting(
     ("at", "problem"),
     [
         (datetime(2999, 1, 1, tzinfo=UTC), FUTURE),
-        (datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), BEFORE_1970),
+        (datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), BEFORE_FIRST_HOUR),
+        (datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC), BEFORE_FIRST_HOUR),
     ],
 )
 def test_report_usage_refuses_times_rest_refuses(

@@ -1,7 +1,7 @@
 """Schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by test_openapi_schemathesis.py).
 
 Rules on date-times that JSON Schema cannot state: an ingested timestamp / createdAt may be
-at most ``api.max_future_skew_s`` (300 s) ahead and not before 1970-01-01 UTC (documented in
+at most ``api.max_future_skew_s`` (300 s) ahead and not before 2025-01-01 UTC (documented in
 its description: a pattern cannot see the offset), and a check's ``reservationExpiresAt`` must
 lie in (now, now + 24 h]. Generated values that are not a date-time at all are kept (negative
 cases stay negative); a valid date-time is moved into the allowed range, so positive cases
@@ -27,14 +27,14 @@ def _when(value: Any) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRST_HOUR = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _clamped(value: Any) -> Any:
     when, now = _when(value), datetime.now(UTC)
     if when is None:
         return value
-    return now.isoformat() if when > now else EPOCH.isoformat() if when < EPOCH else value
+    return now.isoformat() if when > now else FIRST_HOUR.isoformat() if when < FIRST_HOUR else value
 
 
 def _walk(node: Any) -> Any:

@@ -115,7 +115,19 @@ CASES: dict[str, tuple[Callable[[str], bytes | dict], int, str, list[str]]] = {
         lambda c: {"events": [event(c, "a"), event(c, "b", timestamp="1969-12-31T23:59:59Z")]},
         422,
         "UNPROCESSABLE_ENTITY",
-        ["$.events[1].timestamp", "before 1970-01-01"],
+        ["$.events[1].timestamp", "before 2025-01-01"],
+    ),
+    # Stored but never rolled up, archived or billed: no partition starts before 2025.
+    "timestamp_before_the_first_hour": (
+        lambda c: {
+            "events": [
+                event(c, "a", timestamp="2025-01-01T00:00:00Z"),
+                event(c, "b", timestamp="2024-12-31T23:59:59.999Z"),
+            ]
+        },
+        422,
+        "UNPROCESSABLE_ENTITY",
+        ["$.events[1].timestamp", "before 2025-01-01T00:00:00Z, the first hour"],
     ),
     # The stream engines keep a minute's event count as the metric "": it was overwritten.
     "empty_dimension_name": (
@@ -213,7 +225,15 @@ USAGE_CASES: dict[str, tuple[Callable[[str], dict], list[str]]] = {
                 {"customerId": c, "featureId": "f", "value": 1, "createdAt": "1900-01-01T00:00:00Z"}
             ]
         },
-        ["$.usages[0].createdAt", "before 1970-01-01"],
+        ["$.usages[0].createdAt", "before 2025-01-01"],
+    ),
+    "created_at_before_the_first_hour": (
+        lambda c: {
+            "usages": [
+                {"customerId": c, "featureId": "f", "value": 1, "createdAt": "2024-06-01T00:00:00Z"}
+            ]
+        },
+        ["$.usages[0].createdAt", "before 2025-01-01T00:00:00Z, the first hour"],
     ),
     "empty_dimension_name": (
         lambda c: {
