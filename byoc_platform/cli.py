@@ -238,6 +238,7 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the runtime API (REST on ports.api; SidecarService gRPC on ports.grpc)."""
+    from byoc_platform.plugins import StartupError
     from byoc_platform.runtime_server import serve as run
 
     if role not in ("all", "ingest", "enforcement"):
@@ -245,7 +246,11 @@ def serve(
         raise typer.Exit(2)
     settings = load_settings(data_dir, console)
     logs.configure("api", settings.log_level)
-    run(settings, role)
+    try:
+        run(settings, role)
+    except StartupError as exc:
+        console.print(f"[red]cannot start the runtime API: {exc}[/red]")
+        raise typer.Exit(1) from exc
 
 
 keys_app = typer.Typer(help="Manage API keys (stored hashed).", no_args_is_help=True)

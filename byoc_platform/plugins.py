@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from byoc_platform.settings import Settings
 
 
+class StartupError(RuntimeError):
+    """A component cannot start for a reason the operator must fix (its message says how);
+    the CLI prints it without a traceback and exits 1."""
+
+
 @dataclass(frozen=True)
 class UsageOutcome:
     """What the owner of the usage counters answers for one aggregated usage report."""

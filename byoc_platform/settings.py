@@ -207,8 +207,9 @@ class FallbackEntitlement(BaseModel):
 
 
 class EnforcementSettings(BaseModel):
-    # Local store (catalog, counters, sync cursor). Default: SQLite (WAL) file under
-    # <data_dir>/enforcement; a postgresql+psycopg:// URL in a cluster (may equal ledger's).
+    # Local store (catalog, counters, sync cursor), one per runtime instance (its counters
+    # live in its memory; a second instance on a PostgreSQL store is refused at start).
+    # Default: SQLite (WAL) file under <data_dir>/enforcement; or a postgresql+psycopg:// URL.
     database_url: DatabaseUrl = None
     # Answers for customers unknown to the local state, keyed by feature id; marked fallback.
     fallback_entitlements: dict[str, FallbackEntitlement] = {}

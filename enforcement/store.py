@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Engine,
     Float,
-    Integer,
     MetaData,
     String,
     Table,
@@ -32,8 +32,11 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+
+from byoc_platform.plugins import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ entities = Table(
     Column("kind", String(32), primary_key=True),
     Column("id", String(300), primary_key=True),
     Column("data", Text, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("applied_at", Float, nullable=False),
 )
 
@@ -54,7 +57,7 @@ sync_state = Table(
     "enf_sync_state",
     metadata,
     Column("environment", String(200), primary_key=True),
-    Column("cursor", Integer, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
     Column("last_success", Float, nullable=False),
 )
 
@@ -65,8 +68,8 @@ usage_counters = Table(
     Column("customer_id", String(300), primary_key=True),
     Column("resource_id", String(300), primary_key=True),  # "" = customer level
     Column("feature_id", String(300), primary_key=True),
-    Column("window_start", Integer, primary_key=True),  # 0 = never resets
-    Column("window_end", Integer, nullable=False),
+    Column("window_start", BigInteger, primary_key=True),  # 0 = never resets
+    Column("window_end", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -76,8 +79,8 @@ budget_usage = Table(
     metadata,
     Column("environment", String(200), primary_key=True),
     Column("budget_id", String(300), primary_key=True),
-    Column("window_start", Integer, primary_key=True),
-    Column("window_end", Integer, nullable=False),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("window_end", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
 )
 
@@ -145,18 +148,72 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10)
 
 
+def widen_integer_columns(engine: Engine) -> None:
+    """PostgreSQL stores created with 32-bit columns: cursors, change sequence numbers and
+    window bounds (epoch seconds, past 2038) are 64-bit now. SQLite integers always were."""
+    wanted = {
+        (table.name, column.name)
+        for table in metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, BigInteger)
+    }
+    with engine.begin() as conn:
+        narrow = conn.execute(
+            text(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND data_type = 'integer'"
+            )
+        ).all()
+        for table_name, column_name in narrow:
+            if (table_name, column_name) in wanted:
+                conn.execute(
+                    text(f'ALTER TABLE "{table_name}" ALTER COLUMN "{column_name}" TYPE BIGINT')
+                )
+
+
+class StoreInUse(StartupError):
+    """Another runtime instance holds this store (PostgreSQL)."""
+
+
+def claim(engine: Engine) -> Connection:
+    """Hold a session-level advisory lock of the database for the store's lifetime.
+
+    Each runtime instance keeps its usage counters in memory, fed by its own consumer; two
+    instances on one store would add up each other's writes against different memories
+    (a SET computed from one instance's value, cursors moving back). The lock makes that a
+    clear start-up error instead; it goes with the connection when the process dies."""
+    conn = engine.connect()
+    held = conn.execute(text("SELECT pg_try_advisory_lock(7205523, 0)")).scalar()
+    conn.commit()  # the lock outlives the transaction; no idle transaction is left open
+    if not held:
+        conn.close()
+        engine.dispose()
+        raise StoreInUse(
+            "the enforcement store (enforcement.database_url) is in use by another runtime "
+            "instance: each instance needs a store of its own (its usage counters live in "
+            "its memory); share only the ledger (ledger.database_url)"
+        )
+    return conn
+
+
 class Store:
     """Typed reads and writes of the local store; writes are serialised in-process."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
+        self._owner = claim(self.engine) if self.dialect == "postgresql" else None
         metadata.create_all(self.engine)
+        if self.dialect == "postgresql":
+            widen_integer_columns(self.engine)
         # One writer at a time inside this process: SQLite allows one anyway, and memory is
         # updated right after each commit under the same lock, so memory follows commit order.
         self.write_lock = threading.RLock()
 
     def close(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
         self.engine.dispose()
 
     def _insert(self, table: Table):  # type: ignore[no-untyped-def]

@@ -27,6 +27,21 @@ from enforcement.store import Store
 
 log = logging.getLogger(__name__)
 
+
+def storable(change: Change) -> bool:
+    """Whether the local store can hold the change: PostgreSQL text cannot hold NUL, and one
+    change it refuses would be replayed on every sync, stalling every later change."""
+    if "\x00" not in change.id:
+        return True
+    log.error(
+        "change %s (%s %r) skipped: its id holds a NUL character",
+        change.seq,
+        change.kind,
+        change.id,
+    )
+    return False
+
+
 GrantSink = Callable[[str, Change], None]
 
 
@@ -83,7 +98,9 @@ class InboundSync:
                     page = await self.client.changes(
                         self.environment, self.status.cursor, self.page_size
                     )
-                    changes = [c for c in page.changes if c.environment == self.environment]
+                    changes = [
+                        c for c in page.changes if c.environment == self.environment and storable(c)
+                    ]
                     await asyncio.to_thread(self._persist, changes, page.cursor)
                     self._apply(changes)
                     applied += len(changes)

@@ -35,14 +35,20 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from enforcement.ledger.driver import execute, sqlite_driver
-from enforcement.ledger.errors import LedgerError
+from enforcement.ledger.errors import LedgerError, LedgerUnavailable
 from enforcement.ledger.state import WalletState
 from enforcement.ledger.unit import Unit
 
 log = logging.getLogger(__name__)
 
-# SQLSTATEs worth retrying: serialization_failure, deadlock_detected, lock_not_available.
-_RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
+# SQLSTATEs worth retrying: serialization_failure, deadlock_detected, lock_not_available,
+# and unique_violation: two instances racing the same idempotency key or reservation id on
+# different wallets (whose locks do not meet) both insert its rows; the re-run sees the
+# committed one and answers duplicate or 409, as SQLite's single writer does at once.
+# Also the server going away or not yet accepting connections (admin/crash shutdown, cannot
+# connect now, connection exceptions): a restart or fail-over of PostgreSQL.
+_RETRY_SQLSTATES = {"40001", "40P01", "55P03", "23505", "57P01", "57P02", "57P03"}
+_RETRY_SQLSTATE_CLASSES = ("08",)
 
 
 class Op(Protocol):
@@ -62,10 +68,17 @@ def is_transient(error: BaseException) -> bool:
     if error.connection_invalidated:
         return True
     sqlstate = getattr(error.orig, "sqlstate", None)
-    if sqlstate in _RETRY_SQLSTATES:
+    if sqlstate in _RETRY_SQLSTATES or str(sqlstate).startswith(_RETRY_SQLSTATE_CLASSES):
         return True
     message = str(error.orig).lower()
     return "database is locked" in message or "database is busy" in message
+
+
+def unavailable(error: Exception) -> Exception:
+    """A database failure as the callers' retryable 503; refusals and bugs stay as they are."""
+    if isinstance(error, DBAPIError):
+        return LedgerUnavailable(f"the ledger's database failed: {type(error.orig).__name__}")
+    return error
 
 
 Callback = Callable[[Any, BaseException | None], None]
@@ -309,7 +322,7 @@ class Committer:
                         self._run_group([pending])
                     return
                 log.error("ledger operation %r failed: %s", group[0].op, error)
-                group[0].finish(None, error)
+                group[0].finish(None, unavailable(error))
                 return
             for pending, (result, error) in zip(group, outcomes, strict=True):
                 pending.finish(result, error)

@@ -53,6 +53,13 @@ _GRANT_STATUSES = ("ACTIVE", "SCHEDULED", "PAYMENT_PENDING", "VOIDED", "EXPIRED"
 def _ident(value: object, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID:
         raise InvalidInput(f"{field} must be a non-empty string of at most {MAX_ID} characters")
+    return _no_nul(value, field)
+
+
+def _no_nul(value: str, field: str) -> str:
+    # PostgreSQL text cannot hold NUL: refused up front, on SQLite too, not as a DataError.
+    if "\x00" in value:
+        raise InvalidInput(f"{field} must not contain a NUL character")
     return value
 
 
@@ -218,6 +225,7 @@ class Ledger:
         display_name = fields.get("display_name") or ""
         if not isinstance(display_name, str):
             raise InvalidInput("displayName must be a string")
+        _no_nul(display_name, "displayName")
         return GrantInput(
             environment=env,
             grant_id=_ident(fields["id"], "grant id"),

@@ -13,12 +13,13 @@ Rules every operation follows, so a batch stays correct when one of them is refu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select, text
 
 from enforcement.ledger import schema
 from enforcement.ledger.driver import Query, executemany, sqlite_driver
@@ -147,6 +148,16 @@ UPDATE_RESERVATION = (
 )
 INSERT_ACCOUNTS = accounts.insert()
 INSERT_GRANTS = grants.insert()
+# Two-key advisory locks: a key space apart from the schema's one-key lock (schema.py).
+LISTING_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(7205522, :key)")
+
+
+def listing_lock_key(environment: str) -> int:
+    """A signed 32-bit key per environment (a collision only serialises two environments)."""
+    digest = hashlib.blake2b(environment.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 INSERT_TRANSFERS = schema.transfers.insert()
 INSERT_CONSUMPTIONS = consumptions.insert()
 INSERT_RESERVATIONS = reservations.insert()
@@ -706,9 +717,24 @@ class Unit:
 
     # --- flush ---------------------------------------------------------------------------
 
+    def _lock_listing_order(self) -> None:
+        """PostgreSQL: take the environments' listing locks, held until the commit.
+
+        The listings page by ``seq`` (BIGSERIAL), taken when a row is inserted but visible
+        only at commit: two writers on different wallets could commit seq N+1 before N, and a
+        client paging from N+1 would never see N. Inserting and committing one writer at a
+        time per environment makes seq order commit order, as SQLite's single writer does.
+        Sorted, so writers taking several never deadlock on them."""
+        environments = {event["environment"] for event in self._events}
+        environments.update(grant.environment for grant in self._new_grants.values())
+        for environment in sorted(environments):
+            self.conn.execute(LISTING_ORDER_LOCK, {"key": listing_lock_key(environment)})
+
     def flush(self) -> None:
         """Write everything, in an order that satisfies the foreign keys."""
         conn = self.conn
+        if conn.dialect.name == "postgresql":
+            self._lock_listing_order()
         if self._new_accounts:
             BULK_ACCOUNTS.run(conn, self._new_accounts)
         if self._new_grants:

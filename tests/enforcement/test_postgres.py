@@ -4,6 +4,7 @@ wallet in a shared ledger never overdraw it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,10 +15,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
 from byoc_platform.auth import KeyStore
+from byoc_platform.catalog import ChangePage, Customer, Grant
+from byoc_platform.control_plane.store import Store as ControlPlaneStore
+from byoc_platform.settings import Settings
+from enforcement.counters import UsageCounters
+from enforcement.credits import CreditService
 from enforcement.ledger import Ledger
+from enforcement.state import LocalState
+from enforcement.store import Store, StoreInUse
+from enforcement.sync import InboundSync
 from tests.enforcement.harness import (
     CP_KEY,
     REPO,
@@ -219,3 +229,123 @@ def test_two_runtime_processes_never_overdraw_one_wallet(
         for proc in procs:
             proc.terminate()
             proc.wait(30)
+
+
+def test_a_change_postgresql_cannot_store_does_not_stall_the_sync(
+    pg: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL text cannot hold NUL. A synced grant whose displayName, or an entity whose
+    id, held one raised a DataError before the cursor moved: the page was replayed, and
+    failed, on every sync, so no later change of the environment ever arrived."""
+    url = fresh_database(pg)
+    feed = ControlPlaneStore(tmp_path / "control-plane.db")
+    feed.upsert(
+        "development",
+        Grant(
+            id="g-nul",
+            customerId="c1",
+            currencyId="credits",
+            amount=10,
+            displayName="promo\x00",
+            effectiveAt="2025-01-01T00:00:00Z",
+            createdAt="2025-01-01T00:00:00Z",
+        ),
+    )
+    feed.upsert("development", Customer(id="c-\x00"))
+    feed.upsert("development", Customer(id="c-after"))
+
+    class Client:  # the control plane's own store behind its client's one call
+        async def changes(self, env: str, after: int, limit: int) -> ChangePage:
+            return feed.changes(env, after, limit)
+
+    settings = Settings(
+        data_dir=tmp_path, ledger={"database_url": url}, enforcement={"database_url": url}
+    )
+    store, state = Store(url), LocalState()
+    credits = CreditService(settings, UsageCounters(store, state))
+    credits.open(writer_process=False)
+    try:
+        sync = InboundSync(
+            "development",
+            Client(),
+            store,
+            state,
+            page_size=500,
+            stale_after_s=60,
+            on_grant=credits.apply_grant_change,
+        )
+        asyncio.run(sync.sync_once())
+        assert store.cursor("development")[0] == 3
+        assert "c-after" in state.env("development").customers
+        assert "displayName must not contain a NUL character" in caplog.text
+        assert "its id holds a NUL character" in caplog.text
+    finally:
+        credits.close()
+        store.close()
+
+
+def test_the_local_store_holds_64_bit_cursors_and_widens_an_older_store(pg: str) -> None:
+    """The change feed's cursor is any integer; the store's columns were 32-bit on
+    PostgreSQL (SQLite's are 64-bit), so a cursor past 2^31 - 1 stalled the sync there, and
+    window bounds in epoch seconds would have in 2038. A store created before is widened."""
+    url = fresh_database(pg)
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the columns as an older version created them
+        for table, column in [("enf_sync_state", "cursor"), ("enf_entities", "seq")]:
+            conn.execute(text(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE INTEGER'))
+    store = Store(url)
+    try:
+        store.mark_synced("development", 2**31 + 5)
+        assert store.cursor("development")[0] == 2**31 + 5
+        with engine.connect() as conn:
+            narrow = conn.execute(
+                text(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_name LIKE 'enf_%' AND data_type = 'integer'"
+                )
+            ).all()
+        assert narrow == []
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def test_a_second_instance_on_one_local_store_is_refused_at_start(pg: str, tmp_path: Path) -> None:
+    """Each instance's counters live in its memory, fed by its own consumer: two instances on
+    one store added up each other's writes (a SET from one and a DELTA from the other left
+    the sum of both for the next start), and moved each other's sync cursor back."""
+    url = fresh_database(pg)
+    first = Store(url)
+    try:
+        with pytest.raises(StoreInUse, match="each instance needs a store of its own"):
+            Store(url)
+        env = {
+            **os.environ,
+            "BYOC_DATA_DIR": str(tmp_path),
+            "BYOC_PORTS__API": str(free_port()),
+            "BYOC_PORTS__GRPC": str(free_port()),
+            "BYOC_ENFORCEMENT__DATABASE_URL": url,
+            "BYOC_LEDGER__DATABASE_URL": fresh_database(pg),
+        }
+        serve = subprocess.run(
+            [sys.executable, "-m", "byoc_platform", "serve", "--role", "enforcement"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = serve.stdout + serve.stderr
+        assert serve.returncode == 1, output
+        assert "cannot start the runtime API" in output
+        assert "each instance needs a store of its own" in output
+        assert "Traceback" not in output
+        first.mark_synced("development", 7)
+    finally:
+        first.close()
+    again = Store(url)  # the lock went with the first one
+    try:
+        assert again.cursor("development")[0] == 7
+    finally:
+        again.close()

@@ -11,12 +11,14 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from enforcement.ledger import InsufficientCredits, Ledger
+from enforcement.ledger import IdempotencyConflict, InsufficientCredits, Ledger
 from tests.enforcement.ledger.conftest import T0, postgres_ledger, sqlite_ledger
 from tests.enforcement.ledger.consume_worker import (
     CURRENCY,
@@ -193,3 +195,58 @@ def test_reservations_and_consumption_mixed_never_overdraw(ledger: Ledger) -> No
     balance = ledger.balance(ENV, CUSTOMER, CURRENCY)
     assert balance.consumed == sum(spent) <= total
     assert balance.available == total - balance.consumed and balance.reserved == 0
+
+
+def race(calls: tuple[Callable[[int], Any], ...], i: int) -> list[str]:
+    """Start the calls at the same moment; their outcomes, sorted."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[int], Any]) -> None:
+        barrier.wait()
+        try:
+            call(i)
+            outcomes.append("ok")
+        except IdempotencyConflict:
+            outcomes.append("409")
+        except Exception as error:
+            outcomes.append(type(error).__name__)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return sorted(outcomes)
+
+
+def test_two_instances_racing_one_key_on_two_wallets_answer_409_not_an_error(
+    pg_template: tuple[str, str],
+) -> None:
+    """Two instances on one PostgreSQL take the same idempotency key (or reservation id) for
+    different wallets at the same moment: their wallet locks do not meet, so both insert the
+    key's rows. One must win and the other get IdempotencyConflict (409), as on SQLite, not
+    a raw unique violation (which REST answered 503 "retry" or 500)."""
+    first = postgres_ledger(pg_template)
+    second = Ledger.from_url(first.engine.url.render_as_string(hide_password=False))
+    try:
+        for currency in ("USD", "EUR"):
+            first.grant(ENV, id=f"g-{currency}", customer_id="c", currency_id=currency, amount=100)
+        first.grant(ENV, id="g-d", customer_id="d", currency_id="USD", amount=100)
+        races = {
+            "consume": (
+                lambda i: first.consume(ENV, "c", "USD", 1, f"k{i}"),
+                lambda i: second.consume(ENV, "c", "EUR", 1, f"k{i}"),
+            ),
+            "reserve": (
+                lambda i: first.reserve(ENV, "c", "USD", 1, f"r{i}"),
+                lambda i: second.reserve(ENV, "d", "USD", 1, f"r{i}"),
+            ),
+        }
+        for name, calls in races.items():
+            for i in range(12):
+                assert race(calls, i) == ["409", "ok"], (name, i)
+        first.check_invariants()
+    finally:
+        first.close()
+        second.close()

@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from byoc_platform.settings import Settings
-from enforcement.ledger import InsufficientCredits, Ledger
+from enforcement.ledger import InsufficientCredits, Ledger, LedgerUnavailable
 from enforcement.ledger.commit import _Pending, is_transient
 from enforcement.ledger.ops import ConsumeOp
 from enforcement.ledger.unit import Unit
 from tests.enforcement.ledger.conftest import T0
 from tests.enforcement.ledger.helpers import CURRENCY, CUSTOMER, ENV, available, consume, grant
+from tests.fixtures_postgres import fresh_database, postgres_server
 
 
 @dataclass
@@ -126,3 +127,31 @@ def test_ledger_from_settings_uses_the_configured_database(tmp_path: Path) -> No
 def test_in_memory_sqlite_is_refused() -> None:
     with pytest.raises(ValueError, match="file"):
         Ledger.from_url("sqlite://")
+
+
+def test_a_database_that_went_away_is_a_retryable_503_not_a_raw_error() -> None:
+    """A PostgreSQL restart or fail-over reached callers as a raw OperationalError (REST 500
+    for grants, reservations and releases); it is LedgerUnavailable (503, retry with the
+    same key), after the committer's own retries."""
+    with postgres_server() as server:
+        ledger = Ledger.from_url(fresh_database(server))
+        ledger.create_schema()
+        grant(ledger, "g", 10)
+        assert consume(ledger, 1, "k1").duplicate is False
+    try:  # the server is gone now
+        with pytest.raises(LedgerUnavailable, match="database failed"):
+            consume(ledger, 1, "k2")
+        with pytest.raises(LedgerUnavailable):
+            grant(ledger, "g2", 10)
+    finally:
+        ledger.close()
+
+
+def test_a_server_shutting_down_or_unreachable_is_transient() -> None:
+    class Orig(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            self.sqlstate = sqlstate
+
+    for sqlstate in ("57P01", "57P03", "08006", "23505", "40P01"):
+        assert is_transient(OperationalError("COMMIT", {}, Orig(sqlstate))), sqlstate
+    assert not is_transient(OperationalError("INSERT", {}, Orig("22021")))  # bad data

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from enforcement.ledger import InvalidInput, Ledger
-from tests.enforcement.ledger.conftest import T0
+from enforcement.ledger.unit import Unit
+from tests.enforcement.ledger.conftest import T0, postgres_ledger
 from tests.enforcement.ledger.helpers import CURRENCY, CUSTOMER, ENV, at, consume, grant
 
 
@@ -133,3 +136,59 @@ def test_grant_list_pages_and_scopes_by_resource(ledger: Ledger) -> None:
     body = first.to_api()
     assert body["data"][0]["id"] == "g4" and body["data"][0]["status"] == "ACTIVE"
     assert body["pagination"]["next"] == first.next
+
+
+def test_a_client_tailing_the_listing_misses_no_event_committed_late_on_postgres(
+    pg_template: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances write to two wallets of one customer; the first holds its transaction
+    open after inserting its event (a slow commit). A client that read the newest event and
+    then asks for the newer ones (``before``) must still get the first one's event: its
+    cursor may not be older than an event already shown."""
+    first = postgres_ledger(pg_template)
+    url = first.engine.url.render_as_string(hide_password=False)
+    second, reader = Ledger.from_url(url), Ledger.from_url(url)
+    held, go_on = threading.Event(), threading.Event()
+    flush = Unit.flush
+
+    def slow_flush(unit: Unit) -> None:
+        flush(unit)
+        if any(
+            e["event_type"] == "CREDITS_CONSUMED" and e["currency_id"] == "USD"
+            for e in unit._events
+        ):
+            held.set()
+            go_on.wait(10)
+
+    try:
+        grant(first, "g-usd", 10, currency_id="USD")
+        grant(second, "g-eur", 10, currency_id="EUR")
+        monkeypatch.setattr(Unit, "flush", slow_flush)
+        writers = [
+            threading.Thread(
+                target=consume, args=(first, 1, "k-usd"), kwargs={"currency_id": "USD"}
+            ),
+        ]
+        writers[0].start()
+        assert held.wait(10)
+        writers.append(
+            threading.Thread(
+                target=consume, args=(second, 1, "k-eur"), kwargs={"currency_id": "EUR"}
+            )
+        )
+        writers[1].start()
+        writers[1].join(1.0)  # on the old code the second commits now, past the held one
+        shown = reader.ledger_events(ENV, CUSTOMER, limit=100).data
+        go_on.set()
+        for writer in writers:
+            writer.join(10)
+        newer = reader.ledger_events(ENV, CUSTOMER, before=shown[0].cursor, limit=100).data
+        everything = reader.ledger_events(ENV, CUSTOMER, limit=100).data
+        seen = {e.event_id for e in shown} | {e.event_id for e in newer}
+        assert [e.event_type for e in everything].count("CREDITS_CONSUMED") == 2
+        assert [e for e in everything if e.event_id not in seen] == []
+        first.check_invariants()
+    finally:
+        go_on.set()
+        for instance in (first, second, reader):
+            instance.close()
