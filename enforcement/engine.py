@@ -285,6 +285,12 @@ class EntitlementEngine:
             return CreditDecision(False, "InsufficientCredits", currency, balance, requested, stale)
         return CreditDecision(True, None, currency, balance, requested, stale)
 
+    @staticmethod
+    def lists_credits(reason: str | None) -> bool:
+        """Whether a listing denied for ``reason`` still lists the scope's credits: a credit
+        check needs no subscription, so a customer without one still has its wallets."""
+        return reason in (None, "NoActiveSubscription")
+
     def entitlements(
         self,
         environment: str,

@@ -369,7 +369,7 @@ class SidecarService(pb.SidecarServiceBase):
             self.environment, request.customer_id, request.resource_id
         )
         items = [msg.entitlement_v2(d, d.feature.id if d.feature else "") for d in decisions]
-        if reason is None:
+        if self.engine.lists_credits(reason):
             for currency_id in self.currencies(
                 self.environment, request.customer_id, request.resource_id
             ):

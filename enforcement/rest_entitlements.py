@@ -190,7 +190,7 @@ class EntitlementRoutes:
         items: list[dict[str, Any]] = [
             feature_body(d, d.feature.id if d.feature else "") for d in decisions
         ]
-        if reason is None:
+        if self.c.engine.lists_credits(reason):
             for currency_id in self.c.credits.currencies_of(env, customer_id, resource_id):
                 decision = self.c.engine.check_credit(env, customer_id, currency_id, resource_id)
                 items.append(credit_body(decision, currency_id))

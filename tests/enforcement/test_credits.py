@@ -544,3 +544,35 @@ def test_a_hold_on_a_grant_that_expires_is_reported_apart(
 
     assert (after.usage_limit, after.current_usage, after.reserved) == (100, 0, 0)
     assert after.reserved_on_expired_grants == 8
+
+
+def test_a_customer_without_subscription_still_lists_its_credits(
+    control_plane: ControlPlaneProcess, runtime: Runtime
+) -> None:
+    """A credit check needs no subscription (it granted), but the listings answered
+    NoActiveSubscription with no credit entries: the wallet was invisible there."""
+    customer = f"cu-{uuid.uuid4().hex[:8]}"
+    with control_plane.client() as cp:
+        cp.put_entity("development", Customer(id=customer, name=customer))
+    runtime.sync_now()
+    grant(rest(runtime), customer, 12)
+    assert credit_check(rest(runtime), customer).is_granted
+    listing = httpx.get(
+        f"{runtime.api_url}/api/v1/customers/{customer}/entitlements",
+        headers={"X-API-KEY": runtime.api_key},
+    ).json()["data"]
+    assert listing["accessDeniedReason"] == "NoActiveSubscription"
+    assert _listed_credits(runtime, customer, None) == [("credits", True, 12)]
+    state = call(
+        runtime,
+        lambda s: s.get_entitlements_state_v2(
+            pb.GetEntitlementsStateV2Request(customer_id=customer)
+        ),
+    )
+    assert (
+        state.access_denied_reason
+        == pb.AccessDeniedReason.ACCESS_DENIED_REASON_NO_ACTIVE_SUBSCRIPTION
+    )
+    assert [(e.credit.currency.currency_id, e.credit.usage_limit) for e in state.entitlements] == [
+        ("credits", 12)
+    ]
