@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
+
+from byoc_platform.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -60,3 +64,33 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
     return values
+
+
+def container_env(objs: tuple[Obj, ...], container: Obj) -> dict[str, str]:
+    """The literal variables a container starts with: its envFrom ConfigMaps, then its env
+    entries (an explicit entry wins over envFrom, as in Kubernetes). Values from Secrets or the
+    downward API are unknown here and left out."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(named(objs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            env.pop(entry["name"], None)
+    return env
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """`Settings` as a process with exactly these BYOC_* variables reads them."""
+    with mock.patch.dict(os.environ):
+        for key in [k for k in os.environ if k.startswith("BYOC_")]:
+            del os.environ[key]
+        os.environ.update({k: v for k, v in env.items() if k.startswith("BYOC_")})
+        return Settings()
+
+
+def config_settings(objs: tuple[Obj, ...]) -> Settings:
+    """The settings of the rendered ConfigMap byoc-config alone."""
+    return settings_from(named(objs, "ConfigMap", "byoc-config")["data"])

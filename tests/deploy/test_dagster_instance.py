@@ -6,6 +6,7 @@ from that config with dagster-k8s (no cluster) and checked as a Kubernetes objec
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any
 
 import kubernetes
@@ -15,11 +16,8 @@ import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config_schema
 from dagster_k8s import K8sRunLauncher
-from dagster_k8s.job import (
-    DagsterK8sJobConfig,
-    UserDefinedDagsterK8sConfig,
-    construct_dagster_k8s_job,
-)
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import construct_dagster_k8s_job
 
 from tests.deploy.deploy_manifests import DEPLOY, named, render
 
@@ -118,6 +116,7 @@ POSTGRES_KEYS = {
     "postgresqlScheme",
     "service",
 }
+RELEASE = "dagster"  # deploy/README.md, "Install order"
 INSTANCE_CONFIG_MAP = "dagster-instance"  # the chart's name for a release called "dagster"
 PIPELINE_ENV_CONFIG_MAP = "dagster-pipeline-env"
 
@@ -238,30 +237,69 @@ def test_run_launcher_schema_rejects_a_wrong_config() -> None:
     assert not process_config(K8sRunLauncher.config_type(), missing).success
 
 
-def test_run_pods_built_by_dagster_k8s_are_valid_least_privilege_jobs() -> None:
-    value = _processed_launcher_config(INSTANCE["run_launcher"]["config"])
-    run_k8s = value.pop("run_k8s_config")
-    for key in (
-        "load_incluster_config",
-        "kubeconfig_file",
-        "k8s_api_ssl_ca_cert_file",
-        "fail_pod_on_run_failure",
-        "job_namespace",
-        "only_allow_user_defined_k8s_config_fields",
-        "only_allow_user_defined_env_vars",
+def code_location_container_context(values: dict[str, Any]) -> dict[str, Any] | None:
+    """The container context the chart gives the code location's gRPC server, which stamps it on
+    every run it launches: the user-deployments subchart's helpers/_helpers.tpl
+    `dagsterUserDeployments.k8sContainerContext` (the parts our values set), or None when
+    includeConfigInLaunchedRuns is off (deployment-user.yaml; on is the chart's default)."""
+    (location,) = values["dagster-user-deployments"]["deployments"]
+    if not location.get("includeConfigInLaunchedRuns", {"enabled": True})["enabled"]:
+        return None
+    k8s: dict[str, Any] = {
+        "image_pull_policy": location["image"]["pullPolicy"],
+        "env_config_maps": [f"{RELEASE}-dagster-user-deployments-{location['name']}-user-env"]
+        + [c["name"] for c in location.get("envConfigMaps", [])],
+        "namespace": "byoc",
+        "service_account_name": values["global"]["serviceAccountName"],
+        "run_k8s_config": {"pod_spec_config": {"automount_service_account_token": True}},
+    }
+    if location.get("envSecrets"):
+        k8s["env_secrets"] = [s["name"] for s in location["envSecrets"]]
+    for key, field in (
+        ("volumeMounts", "volume_mounts"),
+        ("volumes", "volumes"),
+        ("labels", "labels"),
+        ("resources", "resources"),
     ):
-        value.pop(key, None)
-    job_config = DagsterK8sJobConfig(
-        job_image="registry.example.com/byoc-platform/dagster:0.1.0", **value
+        if location.get(key):
+            k8s[field] = location[key]
+    return {"k8s": k8s}
+
+
+def build_run_job(container_context: dict[str, Any] | None) -> dict[str, Any]:
+    """The Job K8sRunLauncher.launch_run creates for a run whose code origin carries this
+    container context: dagster-k8s's own merge (K8sContainerContext.create_for_run), job config
+    and job construction, with the launcher's processed config from dagster.yaml."""
+    config = _processed_launcher_config(INSTANCE["run_launcher"]["config"])
+    # K8sRunLauncher keeps its config fields as attributes (unset ones None).
+    launcher: Any = types.SimpleNamespace(
+        **{f: config.get(f) for f in K8sRunLauncher.config_type()}
+    )
+    origin = types.SimpleNamespace(
+        repository_origin=types.SimpleNamespace(container_context=container_context)
+    )
+    # Stand-ins for the DagsterRun and the launcher: create_for_run reads only these attributes.
+    run: Any = types.SimpleNamespace(job_code_origin=origin, tags={})
+    context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=False)
+    job_config = context.get_k8s_job_config(
+        job_image="registry.example.com/byoc-platform/dagster:0.1.0", run_launcher=launcher
     )
     job = construct_dagster_k8s_job(
         job_config,
         args=["dagster", "api", "execute_run", "{}"],
         job_name="dagster-run-0123456789abcdef",
-        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s),
+        pod_name="dagster-run-0123456789abcdef",
+        user_defined_k8s_config=context.run_k8s_config,
         component="run_worker",
     )
-    manifest = kubernetes.client.ApiClient().sanitize_for_serialization(job)
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+def test_run_pods_built_by_dagster_k8s_are_valid_least_privilege_jobs() -> None:
+    """Built as the cluster builds them: the launcher's config merged with whatever container
+    context the chart gives the code location (a second `tmp` volume, the chart's
+    ServiceAccount or the code server's resources would all end up in the run pod)."""
+    manifest = build_run_job(code_location_container_context(VALUES))
     manifest.setdefault("metadata", {})["namespace"] = "byoc"
     kubernetes_validate.validate(manifest, "1.32", strict=True)
 
@@ -271,12 +309,17 @@ def test_run_pods_built_by_dagster_k8s_are_valid_least_privilege_jobs() -> None:
     assert labels["app.kubernetes.io/name"] == "dagster"
     assert labels["byoc-platform.io/needs-control-plane"] == "true"
     spec = pod["spec"]
-    assert spec["serviceAccountName"] == "byoc-dagster-run"
+    assert spec["serviceAccountName"] == "byoc-dagster-run"  # the archive role (IRSA)
     assert spec["automountServiceAccountToken"] is False
+    volumes = [v["name"] for v in spec["volumes"]]
+    assert len(volumes) == len(set(volumes)), f"the API server rejects repeated names: {volumes}"
     (container,) = spec["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert len(mounts) == len(container["volumeMounts"]) and set(mounts.values()) <= set(volumes)
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    launcher = VALUES["runLauncher"]["config"]["k8sRunLauncher"]
+    assert container["resources"] == launcher["resources"]  # sized for archival (README)
     sources = {k for e in container["envFrom"] for k in e if k.endswith("Ref")}
     assert sources == {"configMapRef", "secretRef"}
     for env in container.get("env", []):

@@ -9,7 +9,16 @@ import ipaddress
 import pytest
 import yaml
 
-from tests.deploy.deploy_manifests import DEPLOY, OVERLAYS_DIR, named, of_kind, render
+from tests.deploy.deploy_manifests import (
+    DEPLOY,
+    OVERLAYS,
+    OVERLAYS_DIR,
+    container_env,
+    named,
+    of_kind,
+    render,
+    settings_from,
+)
 
 Labels = dict[str, str]
 
@@ -69,6 +78,47 @@ def _external_cidrs(policies: list[dict], src: Labels, port: int) -> set[str]:
     }
 
 
+DAGSTER_VALUES = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+DAGSTER_RELEASE = "dagster"  # deploy/README.md, "Install order"
+
+
+def _dagster_chart_pods(values: dict) -> dict[str, Labels]:
+    """Pod labels the Dagster chart renders (dagster.selectorLabels + component + the values'
+    labels). The code location comes from the dagster-user-deployments subchart, whose helpers
+    name its pods after the subchart (charts/dagster-user-deployments/templates/
+    helpers/_helpers.tpl and deployment-user.yaml); run pods get dagster-k8s's labels."""
+
+    def chart(name: str, component: str, extra: Labels) -> Labels:
+        return {
+            "app.kubernetes.io/name": name,
+            "app.kubernetes.io/instance": DAGSTER_RELEASE,
+            "component": component,
+            **extra,
+        }
+
+    (location,) = values["dagster-user-deployments"]["deployments"]
+    run_labels = values["runLauncher"]["config"]["k8sRunLauncher"]["labels"]
+    return {
+        "dagster-webserver": chart(
+            "dagster", "dagster-webserver", values["dagsterWebserver"].get("labels", {})
+        ),
+        "dagster-daemon": chart(
+            "dagster", "dagster-daemon", values["dagsterDaemon"].get("labels", {})
+        ),
+        "dagster-code-location": chart(
+            "dagster-user-deployments",
+            "user-deployments",
+            {"deployment": location["name"], **location.get("labels", {})},
+        ),
+        "dagster-run": {
+            "app.kubernetes.io/name": "dagster",
+            "app.kubernetes.io/instance": DAGSTER_RELEASE,
+            "app.kubernetes.io/component": "run_worker",
+            **run_labels,
+        },
+    }
+
+
 def _pods(overlay: str) -> dict[str, Labels]:
     objs = render(overlay)
     pods = dict(OPERATOR_PODS)
@@ -76,9 +126,7 @@ def _pods(overlay: str) -> dict[str, Labels]:
         pods[d["metadata"]["name"]] = d["spec"]["template"]["metadata"]["labels"]
     for f in of_kind(objs, "FlinkDeployment"):
         pods["flink"] = f["spec"]["podTemplate"]["metadata"]["labels"]
-    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
-    run_labels = values["runLauncher"]["config"]["k8sRunLauncher"]["labels"]
-    pods["dagster-run"] = {"app.kubernetes.io/name": "dagster", **run_labels}
+    pods.update(_dagster_chart_pods(DAGSTER_VALUES))
     return pods
 
 
@@ -97,14 +145,16 @@ def test_data_flow_edges_are_allowed_and_nothing_else(overlay: str) -> None:
         (pods["kafka"], pods["kafka"], 9091),
     ]
     denied = [
-        (api, pods["clickhouse"], 8123),  # the API answers from local state, not the warehouse
         (api, pods["dagster-pg"], 5432),
         (pods["dagster-run"], pods["ledger"], 5432),
         (pods["kafka"], pods["clickhouse"], 8123),
     ]
     stream = "flink" if overlay == "production" else "byoc-stream-processor"
-    allowed += [(pods[stream], pods["kafka"], 9092), (pods[stream], pods["clickhouse"], 8123)]
+    allowed += [(pods[stream], pods["kafka"], 9092)]
     denied += [(pods[stream], pods["ledger"], 5432)]
+    # The embedded processor writes its rows to ClickHouse; the Flink job reads and writes
+    # Kafka only (streaming/flink/usage_job.py): ClickHouse pulls the rows from Kafka.
+    (denied if stream == "flink" else allowed).append((pods[stream], pods["clickhouse"], 8123))
     # The schema migration Job talks to ClickHouse only.
     migrate = pods["byoc-warehouse-migrate"]
     allowed += [(migrate, pods["clickhouse"], 8123)]
@@ -113,6 +163,50 @@ def test_data_flow_edges_are_allowed_and_nothing_else(overlay: str) -> None:
     # ClickHouse never talks to Kafka.
     clickhouse_reads_kafka = (pods["clickhouse"], pods["kafka"], 9092)
     (allowed if overlay == "production" else denied).append(clickhouse_reads_kafka)
+    for src, dst, port in allowed:
+        assert _allowed(policies, src, dst, port), (src, dst, port)
+    for src, dst, port in denied:
+        assert not _allowed(policies, src, dst, port), (src, dst, port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runtime_api_reaches_the_warehouse_exactly_when_it_replays_from_it(overlay: str) -> None:
+    """With enforcement.rebuild_from_warehouse (the default) every runtime pod reads the current
+    usage periods from ClickHouse on start (enforcement/usage_feed.py replay_from_warehouse)."""
+    objs = render(overlay)
+    (container,) = named(objs, "Deployment", "byoc-runtime-api")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    settings = settings_from(container_env(objs, container))
+    pods = _pods(overlay)
+    reaches = _allowed(
+        of_kind(objs, "NetworkPolicy"), pods["byoc-runtime-api"], pods["clickhouse"], 8123
+    )
+    assert reaches == settings.enforcement.rebuild_from_warehouse
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dagster_pods_reach_the_code_location_and_their_storage(overlay: str) -> None:
+    """The webserver and the daemon load definitions from the code location's gRPC server,
+    which itself opens the instance (Dagster's PostgreSQL)."""
+    policies = of_kind(render(overlay), "NetworkPolicy")
+    pods = _pods(overlay)
+    location = pods["dagster-code-location"]
+    (values_location,) = DAGSTER_VALUES["dagster-user-deployments"]["deployments"]
+    grpc = values_location["port"]
+    allowed = [
+        (pods["dagster-daemon"], location, grpc),
+        (pods["dagster-webserver"], location, grpc),
+        (location, pods["dagster-pg"], 5432),
+        (pods["dagster-daemon"], pods["dagster-pg"], 5432),
+        (pods["dagster-webserver"], pods["dagster-pg"], 5432),
+        (location, pods["clickhouse"], 8123),
+    ]
+    denied = [
+        (location, pods["ledger"], 5432),
+        (location, pods["kafka"], 9092),
+        (pods["byoc-runtime-api"], location, grpc),
+    ]
     for src, dst, port in allowed:
         assert _allowed(policies, src, dst, port), (src, dst, port)
     for src, dst, port in denied:

@@ -57,6 +57,7 @@ output "byoc" {
   value = {
     archive_bucket            = module.byoc.archive_bucket
     kms_key_alias             = module.byoc.kms_key_alias
+    kms_pii_key_alias         = module.byoc.kms_pii_key_alias
     service_account_role_arns = module.byoc.service_account_role_arns
   }
 }

@@ -1,6 +1,7 @@
 # IAM roles for Kubernetes ServiceAccounts (IRSA), least privilege:
-#   archive_writer (Dagster run pods): write and verify archive/, encrypt + decrypt
-#   archive_reader (restores, audits):  read archive/, decrypt only
+#   archive_writer (Dagster run pods): write, verify and expire events/ (the archive and the
+#                                      retention assets), encrypt + decrypt with both keys
+#   archive_reader (restores, audits):  read events/, decrypt only
 #   flink (JobManager/TaskManagers):    read/write flink/, encrypt + decrypt its own state
 locals {
   oidc = var.oidc_provider_url
@@ -53,18 +54,29 @@ data "aws_iam_policy_document" "archive_writer" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["archive/*"]
+      values   = ["${local.archive_prefix}*"]
     }
   }
+  # Put/Get/Head: archive and verify (assets/archive/hours.py); Delete: retention expires
+  # archived days with DeleteObjects (assets/retention/policy.py; versioning keeps the
+  # noncurrent versions for noncurrent_version_days).
   statement {
-    sid       = "WriteAndVerifyArchive"
-    actions   = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
-    resources = ["${aws_s3_bucket.archive.arn}/archive/*"]
+    sid       = "WriteVerifyAndExpireArchive"
+    actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    resources = ["${aws_s3_bucket.archive.arn}/${local.archive_prefix}*"]
   }
+  # SSE-KMS of the objects (S3 asks for data keys in the caller's name) and the Parquet footer
+  # and non-PII column keys (pyarrow wraps them with kms:Encrypt, unwraps with kms:Decrypt).
   statement {
     sid       = "EncryptWithArchiveKey"
     actions   = ["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
     resources = [aws_kms_key.archive.arn]
+  }
+  # The PII column key: only wrapped and unwrapped by pyarrow (assets/archive/encryption.py).
+  statement {
+    sid       = "EncryptWithPiiKey"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
+    resources = [aws_kms_key.archive_pii.arn]
   }
 }
 
@@ -76,18 +88,19 @@ data "aws_iam_policy_document" "archive_reader" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["archive/*"]
+      values   = ["${local.archive_prefix}*"]
     }
   }
   statement {
     sid       = "ReadArchive"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.archive.arn}/archive/*"]
+    resources = ["${aws_s3_bucket.archive.arn}/${local.archive_prefix}*"]
   }
+  # A restore decrypts every column: the footer/non-PII key and the PII key.
   statement {
-    sid       = "DecryptWithArchiveKey"
+    sid       = "DecryptWithArchiveKeys"
     actions   = ["kms:Decrypt", "kms:DescribeKey"]
-    resources = [aws_kms_key.archive.arn]
+    resources = [aws_kms_key.archive.arn, aws_kms_key.archive_pii.arn]
   }
 }
 

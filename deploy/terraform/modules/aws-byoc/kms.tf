@@ -23,6 +23,25 @@ resource "aws_kms_alias" "archive" {
   target_key_id = aws_kms_key.archive.key_id
 }
 
+# The column key of the archive's PII-bearing columns (customer and resource ids, labels,
+# dimensions; assets/archive/encryption.py): a key of its own, so access to PII is granted apart
+# from the rest. pyarrow wraps and unwraps its key-encryption keys with kms:Encrypt/kms:Decrypt;
+# S3 never uses it. Flink has no access.
+resource "aws_kms_key" "archive_pii" {
+  description             = "${var.name}: encryption of the PII columns of the usage archive (Parquet key wrapping)"
+  enable_key_rotation     = true
+  rotation_period_in_days = 365
+  deletion_window_in_days = var.kms_deletion_window_days
+  key_usage               = "ENCRYPT_DECRYPT"
+  policy                  = data.aws_iam_policy_document.kms_pii.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "archive_pii" {
+  name          = var.kms_pii_key_alias
+  target_key_id = aws_kms_key.archive_pii.key_id
+}
+
 data "aws_iam_policy_document" "kms" {
   # Without this the key could become unmanageable; it grants the account's IAM the right to
   # delegate, and only principals whose own policies allow kms:* actions can use it.
@@ -58,6 +77,53 @@ data "aws_iam_policy_document" "kms" {
     principals {
       type        = "AWS"
       identifiers = [aws_iam_role.archive_writer.arn, aws_iam_role.flink.arn]
+    }
+  }
+
+  statement {
+    sid       = "DecryptOnly"
+    actions   = ["kms:Decrypt", "kms:DescribeKey"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = [aws_iam_role.archive_reader.arn]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "kms_pii" {
+  statement {
+    sid       = "AccountRootCanManageThroughIAM"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = [local.account_root]
+    }
+  }
+
+  statement {
+    sid = "KeyAdministration"
+    actions = [
+      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+      "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+      "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+      "kms:RotateKeyOnDemand",
+    ]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = var.key_administrator_arns
+    }
+  }
+
+  statement {
+    sid       = "EncryptAndVerify"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = [aws_iam_role.archive_writer.arn]
     }
   }
 

@@ -13,6 +13,16 @@ output "kms_key_alias" {
   value       = aws_kms_alias.archive.name
 }
 
+output "kms_pii_key_arn" {
+  description = "ARN of the archive's PII column key."
+  value       = aws_kms_key.archive_pii.arn
+}
+
+output "kms_pii_key_alias" {
+  description = "BYOC_KMS__PII_KEY_ALIAS."
+  value       = aws_kms_alias.archive_pii.name
+}
+
 output "service_account_role_arns" {
   description = "eks.amazonaws.com/role-arn annotation per ServiceAccount name."
   value = {

@@ -1,6 +1,11 @@
-# The archive bucket: cold-tier Parquet (archive/), Flink checkpoints, savepoints and HA metadata
-# (flink/). Default encryption SSE-KMS under the customer key; versioning; lifecycle from the
-# retention policy; no public access; TLS only.
+# The archive bucket: cold-tier Parquet and manifests (events/), Flink checkpoints, savepoints and
+# HA metadata (flink/). Default encryption SSE-KMS under the customer key; versioning; lifecycle
+# from the retention policy; no public access; TLS only.
+locals {
+  # Where the archive writes and retention lists and deletes: assets/archive/hours.py PREFIX.
+  archive_prefix = "events/"
+}
+
 resource "aws_s3_bucket" "archive" {
   bucket = var.archive_bucket_name
   tags   = var.tags
@@ -49,7 +54,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "archive" {
     id     = "archive-retention"
     status = "Enabled"
     filter {
-      prefix = "archive/"
+      prefix = local.archive_prefix
     }
     dynamic "transition" {
       for_each = var.archive_transition_days == null ? [] : [var.archive_transition_days]
@@ -153,10 +158,16 @@ data "aws_iam_policy_document" "bucket" {
       type        = "*"
       identifiers = ["*"]
     }
+    # The header holds what the client sent: the archive names the key by its alias
+    # (BYOC_KMS__KEY_ALIAS, assets/archive/hours.py SSEKMSKeyId), others may send an ARN.
     condition {
       test     = "StringNotEqualsIfExists"
       variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = [aws_kms_key.archive.arn]
+      values = [
+        aws_kms_key.archive.arn,
+        aws_kms_alias.archive.name,
+        aws_kms_alias.archive.arn,
+      ]
     }
   }
 }

@@ -22,6 +22,16 @@ variable "kms_key_alias" {
   }
 }
 
+variable "kms_pii_key_alias" {
+  description = "Alias of the customer-managed key of the archive's PII columns; must match BYOC_KMS__PII_KEY_ALIAS."
+  type        = string
+  default     = "alias/byoc-archive-pii"
+  validation {
+    condition     = startswith(var.kms_pii_key_alias, "alias/")
+    error_message = "kms_pii_key_alias must start with alias/."
+  }
+}
+
 variable "key_administrator_arns" {
   description = "IAM principals allowed to administer (not use) the KMS key."
   type        = list(string)
