@@ -12,6 +12,10 @@ share a partition, produced to that partition explicitly and keyed by its first 
 key: consumers must route by each event's ``customerId``, never by the record key. Record
 value: JSON of :class:`EventBatch`. The Kafka record timestamp is the RECEIVE time, never the
 event time, so log retention cannot drop back-dated events (openmeter #5005).
+
+With ``stream.engine = "flink"`` there is no ``usage.deduped``: the deduplicated events are the
+Flink job's rows on ``<flink.sink_topic_prefix>usage_events`` (one JSON row per message),
+which :func:`decode_event_row` turns into the same :class:`UsageEvent` values.
 """
 
 from __future__ import annotations
@@ -62,6 +66,47 @@ def decode_batch(data: bytes) -> EventBatch:
         return _batch_decoder.decode(data)
     except (UnicodeDecodeError, RecursionError) as exc:  # invalid UTF-8, absurd nesting
         raise msgspec.DecodeError(f"undecodable record: {type(exc).__name__}") from exc
+
+
+class EventRowValue(msgspec.Struct, frozen=True):
+    """One row of the Flink job's deduplicated-events topic ``<flink.sink_topic_prefix>
+    usage_events`` (streaming/flink/usage_job.py: JSON, one row per message, times as epoch
+    ms). Its ``labels``/``values`` maps are left out: they are derived from ``dimensions``
+    and have lost the types (a boolean is the label "true", an int the value 3.0)."""
+
+    environment: str
+    customer_id: str
+    resource_id: str  # '' when the event has none
+    event_name: str
+    idempotency_key: str
+    event_time: int
+    ingest_time: int
+    dimensions: str  # the event's own dimensions JSON text, keys sorted
+
+
+_row_decoder = msgspec.json.Decoder(EventRowValue)
+_dimensions_decoder = msgspec.json.Decoder(dict[str, DimensionValue])
+
+
+def decode_event_row(data: bytes) -> tuple[str, UsageEvent]:
+    """(environment, event) of one Flink ``usage_events`` row: the event exactly as
+    :func:`decode_batch` gives it from the producer's record (dimensions decoded from the
+    producer's own JSON text, so 3 stays int, 3.0 float and true bool; no resource is None).
+    Any undecodable row raises msgspec.DecodeError or msgspec.ValidationError."""
+    try:
+        row = _row_decoder.decode(data)
+        dimensions = _dimensions_decoder.decode(row.dimensions)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"undecodable row: {type(exc).__name__}") from exc
+    event = UsageEvent(
+        customerId=row.customer_id,
+        eventName=row.event_name,
+        idempotencyKey=row.idempotency_key,
+        timestamp=row.event_time,
+        resourceId=row.resource_id or None,
+        dimensions=dimensions,
+    )
+    return row.environment, event
 
 
 def record_key(environment: str, customer_id: str) -> bytes:

@@ -1,8 +1,17 @@
-"""Usage into the counters: ``usage.deduped`` (live), the warehouse (on start), and ReportEvents.
+"""Usage into the counters: the deduplicated events (live), the warehouse (on start), and
+ReportEvents.
 
-- Live: a consumer-group worker thread reads ``usage.deduped`` (EventBatch records, events.py),
-  counts each batch through ``UsageCounters.apply_events`` (idempotent per event) and commits
+- Live: a consumer-group worker thread reads the stream processor's deduplicated events,
+  counts them through ``UsageCounters.apply_events`` (idempotent per event) and commits
   the Kafka offsets only after the store committed the counts: a crash re-reads, never skips.
+  Which topic depends on ``stream.engine`` (:func:`usage_source`): the embedded engine
+  publishes ``usage.deduped`` (EventBatch records, events.py); the Flink job publishes no
+  such topic, so with ``flink`` the feed reads the job's ``<flink.sink_topic_prefix>
+  usage_events`` rows (one event per message, ``decode_event_row``), the rows ClickHouse
+  ingests too. Only committed records are read (``isolation.level = read_committed``): the
+  Flink job writes in transactions, and an aborted one is replayed by the job after restore.
+  Undecodable records are logged and skipped. Aggregated usage (``usage.reports``) is read
+  alongside, whichever the engine.
 - On start: the current usage windows are replayed from ClickHouse ``usage_events`` (FINAL)
   through the same idempotent path before the consumer starts, so counters lost with a local
   store (a new node, a wiped volume) come back from the warehouse. With a store that already
@@ -22,6 +31,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -32,6 +42,7 @@ from byoc_platform.events import (
     EventBatch,
     UsageEvent,
     decode_batch,
+    decode_event_row,
     decode_report_batch,
     encode_batch,
     record_key,
@@ -46,6 +57,27 @@ log = logging.getLogger(__name__)
 
 REPLAY_BLOCK = 5000
 PRODUCE_ATTEMPTS = 3
+FLINK_EVENTS_TABLE = "usage_events"  # the Flink job's sink table (streaming/flink/usage_job.py)
+
+# One record of the deduplicated-events topic -> (environment, its events).
+UsageDecoder = Callable[[bytes], tuple[str, list[UsageEvent]]]
+
+
+def _batch_events(value: bytes) -> tuple[str, list[UsageEvent]]:
+    batch = decode_batch(value)
+    return batch.environment, batch.events
+
+
+def _row_events(value: bytes) -> tuple[str, list[UsageEvent]]:
+    environment, event = decode_event_row(value)
+    return environment, [event]
+
+
+def usage_source(settings: Settings) -> tuple[str, UsageDecoder]:
+    """The topic of the deduplicated events for this stream engine, and its record decoder."""
+    if settings.stream.engine == "flink":
+        return settings.flink.sink_topic_prefix + FLINK_EVENTS_TABLE, _row_events
+    return settings.kafka.deduped_topic, _batch_events
 
 
 class UsageFeed:
@@ -97,7 +129,7 @@ class UsageFeed:
                 self._consume()
             except Exception as exc:
                 self.consumer_error = repr(exc)
-                log.exception("usage.deduped consumer failed; restarting in 2 s")
+                log.exception("usage consumer failed; restarting in 2 s")
                 self._stop.wait(2.0)
 
     def _consume(self) -> None:
@@ -107,10 +139,12 @@ class UsageFeed:
         consumer = Consumer(
             {
                 **clients.consumer_config(self.settings, cfg.consumer_group),
+                # librdkafka's default, said: rows of an aborted Flink transaction never count.
+                "isolation.level": "read_committed",
                 "logger": logging.getLogger("rdkafka.consumer"),  # JSON logs, not raw stderr
             }
         )
-        deduped = self.settings.kafka.deduped_topic
+        deduped, decode_usage = usage_source(self.settings)
         reports = self.settings.kafka.reports_topic
         consumer.subscribe([deduped, reports])
         try:
@@ -131,8 +165,8 @@ class UsageFeed:
                             report_batch = decode_report_batch(message.value())
                             self.hook.apply_many(report_batch.environment, report_batch.usages)
                         else:
-                            batch = decode_batch(message.value())
-                            by_env[batch.environment].extend(batch.events)
+                            environment, events = decode_usage(message.value())
+                            by_env[environment].extend(events)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         log.error("%s: undecodable record skipped: %s", message.topic(), exc)
                 for environment, events in by_env.items():

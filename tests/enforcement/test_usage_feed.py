@@ -1,10 +1,13 @@
 """Counters fed by the real engines: ``usage.deduped`` on the Tansu broker (idempotent per
-event across redeliveries), aggregated usage from REST /api/v2/usage (ingestion component +
-the usage hook), ReportEvents producing to ``usage.events``, and the rebuild from the chdb
-warehouse on start (a new node, and a restart that must not double count)."""
+event across redeliveries), with ``stream.engine = "flink"`` the Flink job's
+``<prefix>usage_events`` rows instead (written in transactions), aggregated usage from
+REST /api/v2/usage (ingestion component + the usage hook), ReportEvents producing to
+``usage.events``, and the rebuild from the chdb warehouse on start (a new node, and a restart
+that must not double count)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,8 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpclib
+import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import NewTopic
 from stigg._client import Stigg as RestStigg
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
@@ -26,6 +31,7 @@ from byoc_platform.events import (
     decode_batch,
     encode_batch,
     record_key,
+    split_dimensions,
 )
 from byoc_platform.settings import Settings
 from tests.enforcement.harness import (
@@ -330,3 +336,86 @@ def test_counters_rebuilt_from_the_warehouse_on_start(
         assert usage(node, customer, "f-calls") == 5
         time.sleep(2.0)  # the new group reads the topic from the beginning meanwhile
         assert usage(node, customer, "f-calls") == 5
+
+
+def flink_row(customer: str, name: str, key: str, **dims: float | str | bool) -> bytes:
+    """A usage_events row as the Flink job writes it (streaming/flink/usage_job.py, one JSON
+    row per message; the shape of its real output, tests/byoc_platform/test_events.py)."""
+    labels, values = split_dimensions(dims)
+    now = int(time.time() * 1000)
+    row = {
+        "environment": "development",
+        "customer_id": customer,
+        "resource_id": "",
+        "event_name": name,
+        "idempotency_key": key,
+        "event_time": now,
+        "ingest_time": now,
+        "labels": labels,
+        "values": values,
+        "dimensions": msgspec.json.encode(dict(sorted(dims.items()))).decode(),
+    }
+    return json.dumps(row, separators=(",", ":")).encode()
+
+
+def create_topic(settings: Settings, topic: str) -> None:
+    admin = clients.kafka_admin(settings)
+    futures = admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    futures[topic].result(30)
+
+
+def produce_in_transaction(
+    settings: Settings, topic: str, customer: str, rows: list[bytes]
+) -> None:
+    """As the Flink job's exactly-once Kafka sink does: rows inside a committed transaction.
+    (Not an aborted one: Tansu hands aborted records to read_committed consumers too.)"""
+    producer = Producer(
+        {
+            **clients.producer_config(settings),
+            "enable.idempotence": True,
+            "transactional.id": f"test-flink-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for row in rows:
+        producer.produce(topic, value=row, key=record_key("development", customer))
+    producer.commit_transaction(30)
+
+
+def test_with_the_flink_engine_its_usage_events_rows_feed_the_counters_once(
+    infra: Stack, control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """In a cluster nothing publishes usage.deduped: the counters read the Flink job's rows."""
+    settings = make_settings(
+        tmp_path,
+        control_plane.url,
+        infra.settings,
+        consume_usage=True,
+        consumer_group=f"enf-test-{uuid.uuid4().hex[:8]}",
+    )
+    settings.stream.engine = "flink"
+    settings.flink.sink_topic_prefix = f"byoc.rows.t{uuid.uuid4().hex[:8]}."
+    topic = settings.flink.sink_topic_prefix + "usage_events"
+    create_topic(infra.settings, topic)
+    with running(settings) as node:
+        customer = new_customer(control_plane, node)
+        rows = [
+            flink_row(customer, "api_call", "c1"),
+            flink_row(customer, "api_call", "c2"),
+            flink_row(customer, "llm.tokens", "t1", tokens=100, model="gpt", cached=True),
+            flink_row(customer, "llm.tokens", "t2", tokens=250.5),
+            flink_row(customer, "unrelated.event", "u1", tokens=1),
+        ]
+        produce_in_transaction(infra.settings, topic, customer, rows)
+        wait_until(lambda: usage(node, customer, "f-tokens") == 350.5, timeout=60)
+        assert usage(node, customer, "f-calls") == 2
+        # A row again (same environment, customer, key) counts once; a bad one is skipped.
+        bad = b'{"environment":"development","customer_id":"%s"}' % customer.encode()
+        again = [rows[0], bad, flink_row(customer, "api_call", "c3"), rows[2]]
+        produce_in_transaction(infra.settings, topic, customer, again)
+        wait_until(lambda: usage(node, customer, "f-calls") == 3, timeout=60)
+        time.sleep(1.0)  # give any double count the chance to show
+        assert usage(node, customer, "f-calls") == 3
+        assert usage(node, customer, "f-tokens") == 350.5
+        assert node.component.usage_feed.consumer_error is None

@@ -4,18 +4,29 @@ One job invocation (a local MiniCluster, spawned with the Flink environment's ow
 processes every partition file of tests/fixtures/stream (session fixture ``flink_output``,
 shared with test_clickhouse_ingest.py); the pure engine processes the same records,
 early-firing snapshots along the way. Compared: the deduplicated events, the final
-usage_minute state (highest version per key, as ReplacingMergeTree keeps it) and late_hours.
+usage_minute state (highest version per key, as ReplacingMergeTree keeps it) and late_hours;
+and the events the enforcement counters get: the Flink job's usage_events rows, decoded by
+byoc_platform.events.decode_event_row (the feed with stream.engine = "flink"), are the events
+the embedded processor publishes on usage.deduped.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 from flink_parity import (
     assert_events_identical,
     assert_late_hours_identical,
     assert_minutes_identical,
+    part_files,
 )
-from stream_fixtures import final_minutes, load_partitions
+from stream_fixtures import final_minutes, load_partitions, partition_files
+
+from byoc_platform.events import UsageEvent, decode_batch, decode_event_row, record_key
+from streaming.engine import EngineConfig, PartitionEngine
+from streaming.processor.deduped import Accepted, records_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +59,50 @@ def test_fixture_exercises_every_case(python_rows) -> None:
     tricky = next(e for e in events if e["idempotency_key"] == "b-1")
     assert tricky["labels"]["region"] == 'eu "west", 1: {x}'
     assert tricky["labels"]["flag"] == "true" and tricky["values"]["tiny"] == 1e-07
+
+
+def exact(environment: str, event: UsageEvent) -> bytes:
+    """One event as comparable text: unlike ==, tells 3 from 3.0 from true."""
+    return msgspec.json.encode([environment, event], order="sorted")
+
+
+def processor_deduped_records() -> list[bytes]:
+    """The usage.deduped record values the embedded processor publishes for the fixture: the
+    engine per partition, and per record what streaming/processor/processor.py accepts
+    (the original bytes when every event survived, else the survivors re-encoded)."""
+    values: list[bytes] = []
+    for partition, path in partition_files().items():
+        engine = PartitionEngine(partition, EngineConfig())
+        accepted: list[Accepted] = []
+        for offset, value in enumerate(path.read_bytes().splitlines()):
+            batch = decode_batch(value)
+            before = engine.counters.events
+            assert engine.process(offset, batch)
+            count = engine.counters.events - before
+            if count:
+                whole = value if count == len(batch.events) else None
+                key = record_key(batch.environment, batch.events[0].customerId)
+                accepted.append(Accepted(key, whole, batch.receivedAt, count))
+        values += [v for _, v, _ in records_for(accepted, engine.flush_all().events)]
+    return values
+
+
+def test_flink_rows_decode_to_the_events_the_processor_publishes(flink_output: Path) -> None:
+    """What enforcement counts with stream.engine = "flink" (the job's usage_events rows) is
+    what it counts with the embedded engine (usage.deduped), dimension types included."""
+    rows = [
+        line
+        for part in part_files(flink_output / "usage_events")
+        for line in part.read_bytes().splitlines()
+    ]
+    flink = sorted(exact(*decode_event_row(row)) for row in rows)
+    published = [decode_batch(value) for value in processor_deduped_records()]
+    python = sorted(exact(b.environment, e) for b in published for e in b.events)
+    assert len(flink) == len(rows) == len(python)
+    assert flink == python, sorted(set(flink) ^ set(python))[:4]
+    # the cases that matter for the counters are in there
+    events = [e for b in published for e in b.events]
+    kinds = {type(v) for e in events for v in e.dimensions.values()}
+    assert kinds == {int, float, str, bool}
+    assert any(not e.dimensions for e in events)
+    assert {e.resourceId is None for e in events} == {True, False}
