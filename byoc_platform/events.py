@@ -23,13 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
 SCHEMA_VERSION = 1
 
-DimensionValue = str | float | int | bool
+# A record's integers must fit 64 bits: a bigger one (a raw producer's 10**400) decoded as a
+# Python int and raised OverflowError half-way through a record in the stream engine, after
+# it had counted the record's first events. Refused at decoding, the record is dead-lettered
+# whole, as a float beyond range (1e400) already was.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+DimensionValue = str | float | Int64 | bool
 
 
 class UsageEvent(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -130,3 +130,24 @@ def test_a_flink_row_keeps_dimension_types_and_no_resource_as_none() -> None:
 def test_an_undecodable_flink_row_raises_a_msgspec_error(row: bytes) -> None:
     with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
         decode_event_row(row)
+
+
+def test_a_record_with_an_integer_beyond_64_bits_is_refused_whole() -> None:
+    """A raw producer's 10**400 decoded as a Python int; the stream engine then raised
+    OverflowError half-way through the record, after counting its first events, and its
+    checkpoint covered the record: the rest was lost, and a retry of the first counted
+    twice. Refused at decoding, the processor dead-letters the record whole."""
+
+    def record(bad: int) -> bytes:
+        events = [
+            {"customerId": "c", "eventName": "e", "idempotencyKey": key, "timestamp": 1}
+            | {"dimensions": {"t": value}}
+            for key, value in (("ok", 2**63 - 1), ("bad", bad))
+        ]
+        return json.dumps({"v": 1, "environment": "p", "receivedAt": 1, "events": events}).encode()
+
+    with pytest.raises(msgspec.ValidationError, match="9223372036854775807"):
+        decode_batch(record(10**400))
+    edge = decode_batch(record(-(2**63)))
+    assert [e.dimensions["t"] for e in edge.events] == [2**63 - 1, -(2**63)]
+    assert all(type(e.dimensions["t"]) is int for e in edge.events)
