@@ -1,7 +1,8 @@
 """Usage counters per (customer, resource, feature, usage window), and budget usage.
 
 Two feeds write them:
-- raw events from ``usage.deduped`` (near real time) and from the warehouse replay on start:
+- raw events, deduplicated (``usage.deduped``, or the Flink job's ``usage_events`` rows; see
+  usage_feed.py), near real time, and from the warehouse replay on start:
   each event counts toward every metered feature whose meter matches its name (COUNT: +1,
   SUM: + the meter field's numeric dimension), in the window its EVENT time falls in;
 - ``ReportUsage`` (immediate), DELTA adds and SET replaces the current window's value.
