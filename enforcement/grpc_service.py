@@ -213,13 +213,18 @@ class SidecarService(pb.SidecarServiceBase):
             kind=METERED,
             fallback=fb,
         )
+        # The request's own usage, also on denials decided before the metered path (which
+        # leave it unset): part of the cache key, or one caller's answer would serve another's.
+        echoed = d.requested_usage
+        if echoed is None:
+            echoed = 1.0 if requested is None else requested
         return self.answers.get(
-            msg.decision_key("metered", d, request.feature_id),
+            (*msg.decision_key("metered", d, request.feature_id), echoed),
             lambda: pb.GetMeteredEntitlementResponse(
                 has_access=d.has_access,
                 is_fallback=d.is_fallback,
                 access_denied_reason=msg.reason_of(d),
-                requested_usage=d.requested_usage if d.requested_usage is not None else 0.0,
+                requested_usage=echoed,
                 entitlement=msg.metered(d, request.feature_id),
             ),
         )
@@ -247,7 +252,9 @@ class SidecarService(pb.SidecarServiceBase):
             fallback=fb,
         )
         return self.answers.get(
-            msg.decision_key("enum", d, request.feature_id),
+            # The answer echoes the request's values: they belong in the key (a denial decided
+            # early leaves the decision's own empty, and served one customer's to another).
+            (*msg.decision_key("enum", d, request.feature_id), values),
             lambda: pb.GetEnumEntitlementResponse(
                 has_access=d.has_access,
                 is_fallback=d.is_fallback,

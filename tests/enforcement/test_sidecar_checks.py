@@ -278,3 +278,42 @@ def test_grpc_serves_only_its_environment(runtime: Runtime) -> None:
     )
     assert resp.has_access is False
     assert resp.access_denied_reason == R.ACCESS_DENIED_REASON_CUSTOMER_NOT_FOUND
+
+
+def test_early_denials_echo_each_caller_s_own_request(runtime: Runtime) -> None:
+    """Answers are cached by what they are made of. Denials decided before the feature's own
+    path (CustomerNotFound, NoActiveSubscription) left the decision's requested values and
+    usage empty, so the cache key missed them: a second customer got the first one's
+    requested_values, and requested_usage came back 0."""
+
+    def enum(customer: str, values: list[str]) -> Any:
+        return call(
+            runtime,
+            lambda s: s.get_enum_entitlement(
+                pb.GetEnumEntitlementRequest(
+                    customer_id=customer,
+                    feature_id="f-tier",
+                    options=pb.EnumEntitlementOptions(requested_values=values),
+                )
+            ),
+        )
+
+    for customer in ("c-nosub", "c-unknown"):
+        first, second = enum(customer, ["pro"]), enum(customer, ["max", "zzz"])
+        assert first.has_access is False and second.has_access is False
+        assert (list(first.requested_values), list(second.requested_values)) == (
+            ["pro"],
+            ["max", "zzz"],
+        )
+    metered = call(
+        runtime,
+        lambda s: s.get_metered_entitlement(
+            pb.GetMeteredEntitlementRequest(
+                customer_id="c-nosub",
+                feature_id="f-tokens",
+                options=pb.MeteredEntitlementOptions(requested_usage=5),
+            )
+        ),
+    )
+    assert metered.has_access is False
+    assert metered.requested_usage == 5
