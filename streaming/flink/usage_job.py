@@ -12,26 +12,32 @@ Pipeline, per source (every operator is Java; no Python on the data path):
 1. source: Kafka record values / file lines as raw text (EventBatch JSON, byoc_platform.events).
 2. flatten: the events array is split in SQL (REGEXP_EXTRACT_ALL + CROSS JOIN UNNEST) into the
    events' ORIGINAL JSON texts, so the dimensions text is the producer's own bytes (re-encoding
-   through Jackson would print 1.0E7 where Python prints 10000000.0).
+   through Jackson would print 1.0E7 where Python prints 10000000.0). Rows missing a required
+   field (REQUIRED_COLUMNS; only records that are not EventBatches have them) are dropped.
 3. dedup: ROW_NUMBER() OVER (PARTITION BY environment, customer, key ORDER BY PROCTIME()) = 1,
    first row wins, state TTL = the dedup window (table.exec.state.ttl).
 4. dimensions: labels / values maps, labels_key and the sorted dimensions JSON, derived with
    regular expressions over the dimensions text (Flink SQL has no JSON-object iteration).
 5. event time: the deduplicated rows go through a DataStream hop (to_data_stream ->
    from_data_stream, Java only) because a watermark can only be declared on a table's own
-   column, and event time lives inside the events array: WATERMARK = event_time - 5 s,
-   emitted after every row (pipeline.auto-watermark-interval = 0), so lateness is decided
-   per row exactly as the Python engine does.
+   column, and event time lives inside the events array: WATERMARK = event_time - 5 s (on a
+   row time shifted by ROWTIME_SHIFT_MS), emitted after every row
+   (pipeline.auto-watermark-interval = 0), so lateness is decided per row exactly as the
+   Python engine does.
 6. lateness: is_late = the event's window [s, s+60 s) is complete by CURRENT_WATERMARK, i.e.
-   s + 59 999 ms <= watermark. On-time rows feed TUMBLE(1 minute) aggregates; late rows are
-   routed EXPLICITLY to their own usage_minute rows (late_key = idempotency key) and to
-   late_hours, because a window aggregate would drop them silently. The same predicate gates
-   both branches, so no event is both or neither.
+   s + 59 999 ms <= watermark (s floored as in Python, negative times too). On-time rows feed
+   TUMBLE(1 minute) aggregates; late rows are routed EXPLICITLY to their own usage_minute rows
+   (late_key = idempotency key) and to late_hours, because a window aggregate would drop them
+   silently. The same predicate gates both branches, so no event is both or neither.
 
 Watermarks are per source table: locally each partition file is its own table (its own
 pipeline inside the ONE job), which is the Python engine's per-partition watermark. With
-Kafka, Flink combines partitions' watermarks (minimum); only the late/on-time split of rare
-events can then differ from the Python engine, not the totals (late rows are summed in).
+Kafka, the watermark is declared after the dedup, on each subtask's stream of rows keyed by
+event, i.e. mixing all partitions: it follows the latest event time seen from ANY partition,
+so an event can be late here and on time in Python (its partition lags behind another) or,
+with parallelism > 1, the reverse. Totals agree (every event is counted once, on time or as a
+late row); the late/on-time split, the late rows and late_hours (re-rollups) can differ both
+ways (README.md, "Where it differs from the Python engine").
 
 Sinks: locally, NDJSON files under --output-dir/{usage_events,usage_minute,late_hours}.
 In a cluster the rows go to three Kafka topics (JSON, exactly-once) that ClickHouse ingests
@@ -62,6 +68,10 @@ WINDOW_MS = 60_000
 HOUR_MS = 3_600_000
 DEFAULT_DEDUP_WINDOW_S = 7 * 24 * 3600
 DEFAULT_OUT_OF_ORDERNESS_MS = 5000
+# The row time is the event time plus this (0001-01-01 to 1970-01-01, whole days, so minute
+# and hour windows stay aligned): Flink's watermark assigner emits no watermark below 0 (its
+# start value), so without the shift nothing before 1970-01-01T00:00:05 could be late.
+ROWTIME_SHIFT_MS = 62_135_596_800_000
 
 # ---------------------------------------------------------------- regular expressions (Java)
 # Inputs are compact JSON written by msgspec (the runtime API's encoder): no whitespace, and
@@ -104,6 +114,12 @@ SEP_KV = "CHR(2)"
 def q(text: str) -> str:
     """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def floor_sql(expr: str, unit_ms: int) -> str:
+    """expr rounded down to a multiple of unit_ms, as Python's ``t - t % unit`` (a floor for
+    negative times too: SQL's MOD truncates toward zero, MOD(-1, 60000) = -1)."""
+    return f"({expr} - MOD(MOD({expr}, {unit_ms}) + {unit_ms}, {unit_ms}))"
 
 
 def _replace(expr: str, pattern: str, replacement: str = "''") -> str:
@@ -193,6 +209,15 @@ def kafka_source_ddl(name: str, args: argparse.Namespace) -> str:
         )"""
 
 
+# An event row without one of these is not an event (see flat_ in add_pipeline).
+REQUIRED_COLUMNS = (
+    "environment",
+    "customer_id",
+    "event_name",
+    "idempotency_key",
+    "event_time",
+    "ingest_time",
+)
 EVENT_COLUMNS = """
     environment STRING, customer_id STRING, resource_id STRING, event_name STRING,
     idempotency_key STRING, event_time BIGINT, ingest_time BIGINT,
@@ -240,20 +265,29 @@ def add_pipeline(
     from pyflink.table import Schema
 
     events_at = "SUBSTR(record, POSITION('\"events\":[' IN record) + 10)"
+    # Rows missing a required field never go further: a null key must not deduplicate with
+    # other null keys, and a null event time must not reach the watermark ("RowTime field
+    # should not be null" fails the job, which then restarts on the same record for ever).
+    # They come only from records the Python engine dead-letters (not EventBatches), e.g. an
+    # event with a nested object in its dimensions: EVENT_RE then picks the inner object.
+    # TRY_CAST: a non-integer time is null (CAST would throw, the same endless restart).
+    required = " AND ".join(f"{column} IS NOT NULL" for column in REQUIRED_COLUMNS)
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW flat_{suffix} AS
-        SELECT
-            JSON_VALUE(record, '$.environment') AS environment,
-            CAST(JSON_VALUE(record, '$.receivedAt') AS BIGINT) AS ingest_time,
-            JSON_VALUE(e, '$.customerId') AS customer_id,
-            COALESCE(JSON_VALUE(e, '$.resourceId'), '') AS resource_id,
-            JSON_VALUE(e, '$.eventName') AS event_name,
-            JSON_VALUE(e, '$.idempotencyKey') AS idempotency_key,
-            CAST(JSON_VALUE(e, '$.timestamp') AS BIGINT) AS event_time,
-            {pairs_sql(f"REGEXP_EXTRACT(e, {q(DIMS_RE)}, 1)")} AS pairs,
-            pt
-        FROM {source}
-        CROSS JOIN UNNEST(REGEXP_EXTRACT_ALL({events_at}, {q(EVENT_RE)}, 0)) AS x(e)""")
+        SELECT * FROM (
+            SELECT
+                JSON_VALUE(record, '$.environment') AS environment,
+                TRY_CAST(JSON_VALUE(record, '$.receivedAt') AS BIGINT) AS ingest_time,
+                JSON_VALUE(e, '$.customerId') AS customer_id,
+                COALESCE(JSON_VALUE(e, '$.resourceId'), '') AS resource_id,
+                JSON_VALUE(e, '$.eventName') AS event_name,
+                JSON_VALUE(e, '$.idempotencyKey') AS idempotency_key,
+                TRY_CAST(JSON_VALUE(e, '$.timestamp') AS BIGINT) AS event_time,
+                {pairs_sql(f"REGEXP_EXTRACT(e, {q(DIMS_RE)}, 1)")} AS pairs,
+                pt
+            FROM {source}
+            CROSS JOIN UNNEST(REGEXP_EXTRACT_ALL({events_at}, {q(EVENT_RE)}, 0)) AS x(e))
+        WHERE {required}""")
     # First occurrence wins: ORDER BY proctime ASC keeps the first row and emits inserts only.
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW deduped_{suffix} AS
@@ -280,7 +314,7 @@ def add_pipeline(
     timed = t_env.from_data_stream(
         stream,
         Schema.new_builder()
-        .column_by_expression("rt", "TO_TIMESTAMP_LTZ(event_time, 3)")
+        .column_by_expression("rt", f"TO_TIMESTAMP_LTZ(event_time + {ROWTIME_SHIFT_MS}, 3)")
         .watermark("rt", f"rt - INTERVAL '{ooo_ms / 1000:.3f}' SECOND")
         .build(),
     )
@@ -288,7 +322,8 @@ def add_pipeline(
     t_env.execute_sql(f"""
         CREATE TEMPORARY VIEW classified_{suffix} AS
         SELECT *, COALESCE(
-            TO_TIMESTAMP_LTZ(event_time - MOD(event_time, {WINDOW_MS}) + {WINDOW_MS - 1}, 3)
+            TO_TIMESTAMP_LTZ(
+                {floor_sql("event_time", WINDOW_MS)} + {WINDOW_MS - 1 + ROWTIME_SHIFT_MS}, 3)
                 <= CURRENT_WATERMARK(rt), FALSE) AS is_late
         FROM timed_{suffix}""")
     t_env.execute_sql(f"""
@@ -303,7 +338,7 @@ def add_pipeline(
         INSERT INTO sink_usage_minute
         SELECT environment, customer_id, resource_id, event_name, dimensions_key,
                {labels_map_sql(pairs_sql("dimensions_key"))},
-               MIN(event_time) - MOD(MIN(event_time), {WINDOW_MS}), metric, '',
+               {floor_sql("MIN(event_time)", WINDOW_MS)}, metric, '',
                COUNT(*), SUM(val), MIN(val), MAX(val), MIN(event_time), MAX(event_time),
                COUNT(*)
         FROM TABLE(TUMBLE(
@@ -313,12 +348,12 @@ def add_pipeline(
     statements.add_insert_sql(f"""
         INSERT INTO sink_usage_minute
         SELECT environment, customer_id, resource_id, event_name, dimensions_key, labels,
-               event_time - MOD(event_time, {WINDOW_MS}), metric, idempotency_key,
+               {floor_sql("event_time", WINDOW_MS)}, metric, idempotency_key,
                CAST(1 AS BIGINT), val, val, val, event_time, event_time, CAST(1 AS BIGINT)
         FROM metric_rows_{suffix} WHERE is_late""")
     statements.add_insert_sql(f"""
         INSERT INTO sink_late_hours
-        SELECT environment, event_time - MOD(event_time, {HOUR_MS}), ingest_time
+        SELECT environment, {floor_sql("event_time", HOUR_MS)}, ingest_time
         FROM classified_{suffix} WHERE is_late""")
 
 
@@ -354,6 +389,10 @@ def build(args: argparse.Namespace) -> StatementSet:
         env.set_parallelism(1)  # one split per partition file: per-partition watermarks
         # the file sink commits its part files on checkpoints (and at the end of the input)
         config.set("execution.checkpointing.interval", "2 s")
+        # a bounded run fails after a few restarts instead of retrying a bad record for ever
+        config.set("restart-strategy.type", "fixed-delay")
+        config.set("restart-strategy.fixed-delay.attempts", "3")
+        config.set("restart-strategy.fixed-delay.delay", "1 s")
         out_dir = Path(args.output_dir)
         for table, columns in SINKS.items():
             t_env.execute_sql(file_sink_ddl(table, columns, out_dir))

@@ -8,7 +8,7 @@ HERE = Path(__file__).resolve().parent
 # the shared stream fixture's loader lives beside its data; flink_parity lives here
 sys.path[:0] = [str(HERE.parents[1] / "fixtures" / "stream"), str(HERE)]
 
-from flink_parity import SINK_TABLES, read_rows, run_job  # noqa: E402
+from flink_parity import SINK_TABLES, load_edge_partitions, read_rows, run_job  # noqa: E402
 from stream_fixtures import load_partitions, run_engine  # noqa: E402
 
 
@@ -28,4 +28,7 @@ def flink_rows(flink_output: Path) -> dict[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def python_rows() -> dict[str, list[dict[str, Any]]]:
     """The pure engine over the same records, early-firing snapshots along the way."""
-    return run_engine(load_partitions(), drain_every=3)
+    partitions = load_partitions()
+    edge = load_edge_partitions()
+    assert not partitions.keys() & edge.keys()
+    return run_engine({**partitions, **edge}, drain_every=3)

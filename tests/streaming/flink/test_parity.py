@@ -1,13 +1,16 @@
 """The Flink SQL job and the pure Python engine give identical rows on the shared fixture.
 
 One job invocation (a local MiniCluster, spawned with the Flink environment's own Python)
-processes every partition file of tests/fixtures/stream (session fixture ``flink_output``,
-shared with test_clickhouse_ingest.py); the pure engine processes the same records,
-early-firing snapshots along the way. Compared: the deduplicated events, the final
-usage_minute state (highest version per key, as ReplacingMergeTree keeps it) and late_hours;
-and the events the enforcement counters get: the Flink job's usage_events rows, decoded by
-byoc_platform.events.decode_event_row (the feed with stream.engine = "flink"), are the events
-the embedded processor publishes on usage.deduped.
+processes every partition file of tests/fixtures/stream and the edge partition of edge/
+(raw records the runtime API never writes: negative times, line-breaking characters, records
+that are not EventBatches) (session fixture ``flink_output``, shared with
+test_clickhouse_ingest.py); the pure engine processes the same records, early-firing
+snapshots along the way, skipping what the processor dead-letters. Compared: the
+deduplicated events, the final usage_minute state (highest version per key, as
+ReplacingMergeTree keeps it) and late_hours; and the events the enforcement counters get: the
+Flink job's usage_events rows, decoded by byoc_platform.events.decode_event_row (the feed
+with stream.engine = "flink"), are the events the embedded processor publishes on
+usage.deduped.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from edge_records import ENV as EDGE_ENV
+from edge_records import LINE_BREAKING_LABEL
 from flink_parity import (
+    EDGE_DIR,
     assert_events_identical,
     assert_late_hours_identical,
     assert_minutes_identical,
+    dead_lettered,
     part_files,
 )
 from stream_fixtures import final_minutes, load_partitions, partition_files
@@ -71,10 +78,14 @@ def processor_deduped_records() -> list[bytes]:
     engine per partition, and per record what streaming/processor/processor.py accepts
     (the original bytes when every event survived, else the survivors re-encoded)."""
     values: list[bytes] = []
-    for partition, path in partition_files().items():
+    files = {**partition_files(), **partition_files(EDGE_DIR)}
+    for partition, path in files.items():
         engine = PartitionEngine(partition, EngineConfig())
         accepted: list[Accepted] = []
-        for offset, value in enumerate(path.read_bytes().splitlines()):
+        for offset, value in enumerate(path.read_bytes().split(b"\n")[:-1]):
+            if dead_lettered(value):
+                assert engine.take_offset(offset)
+                continue
             batch = decode_batch(value)
             before = engine.counters.events
             assert engine.process(offset, batch)
@@ -93,7 +104,8 @@ def test_flink_rows_decode_to_the_events_the_processor_publishes(flink_output: P
     rows = [
         line
         for part in part_files(flink_output / "usage_events")
-        for line in part.read_bytes().splitlines()
+        for line in part.read_bytes().split(b"\n")
+        if line
     ]
     flink = sorted(exact(*decode_event_row(row)) for row in rows)
     published = [decode_batch(value) for value in processor_deduped_records()]
@@ -106,3 +118,24 @@ def test_flink_rows_decode_to_the_events_the_processor_publishes(flink_output: P
     assert kinds == {int, float, str, bool}
     assert any(not e.dimensions for e in events)
     assert {e.resourceId is None for e in events} == {True, False}
+
+
+def test_edge_partition_is_processed_past_records_that_are_not_event_batches(flink_rows) -> None:
+    """The job drops the rows of records the processor dead-letters (no key, no time: a nested
+    object in dimensions, no idempotencyKey, a string timestamp, no receivedAt) and goes on:
+    a null event time used to fail the job for ever, two null keys to be deduplicated into
+    one event. The parity tests above compare the rest; this names what must be there."""
+    events = {
+        e["idempotency_key"]: e for e in flink_rows["usage_events"] if e["environment"] == EDGE_ENV
+    }
+    assert events.keys() == {"neg-1", "neg-2", "zero", "neg-3", "lines", "after"}
+    assert events["lines"]["labels"] == {"note": LINE_BREAKING_LABEL}
+
+
+def test_negative_event_times_are_floored_to_their_minute_and_hour(flink_rows) -> None:
+    """SQL's MOD truncates toward zero; the Python engine floors (t - t % unit)."""
+    minutes = final_minutes(r for r in flink_rows["usage_minute"] if r["environment"] == EDGE_ENV)
+    starts = {(m["minute"], m["late_key"]) for m in minutes.values() if m["metric"] == ""}
+    assert {(-120_000, ""), (-60_000, ""), (0, ""), (-3_660_000, "neg-3")} <= starts
+    hours = {r["hour"] for r in flink_rows["late_hours"] if r["environment"] == EDGE_ENV}
+    assert hours == {-7_200_000}
