@@ -148,6 +148,17 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10)
 
 
+def integer_columns(conn: Connection) -> list[tuple[str, str]]:
+    """(table, column) of every 32-bit integer column of the schema (PostgreSQL)."""
+    rows = conn.execute(
+        text(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND data_type = 'integer'"
+        )
+    )
+    return [(row.table_name, row.column_name) for row in rows]
+
+
 def widen_integer_columns(engine: Engine) -> None:
     """PostgreSQL stores created with 32-bit columns: cursors, change sequence numbers and
     window bounds (epoch seconds, past 2038) are 64-bit now. SQLite integers always were."""
@@ -158,13 +169,7 @@ def widen_integer_columns(engine: Engine) -> None:
         if isinstance(column.type, BigInteger)
     }
     with engine.begin() as conn:
-        narrow = conn.execute(
-            text(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND data_type = 'integer'"
-            )
-        ).all()
-        for table_name, column_name in narrow:
+        for table_name, column_name in integer_columns(conn):
             if (table_name, column_name) in wanted:
                 conn.execute(
                     text(f'ALTER TABLE "{table_name}" ALTER COLUMN "{column_name}" TYPE BIGINT')

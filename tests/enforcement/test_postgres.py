@@ -26,7 +26,7 @@ from enforcement.counters import UsageCounters
 from enforcement.credits import CreditService
 from enforcement.ledger import Ledger
 from enforcement.state import LocalState
-from enforcement.store import Store, StoreInUse
+from enforcement.store import Store, StoreInUse, integer_columns
 from enforcement.sync import InboundSync
 from tests.enforcement.harness import (
     CP_KEY,
@@ -299,13 +299,7 @@ def test_the_local_store_holds_64_bit_cursors_and_widens_an_older_store(pg: str)
         store.mark_synced("development", 2**31 + 5)
         assert store.cursor("development")[0] == 2**31 + 5
         with engine.connect() as conn:
-            narrow = conn.execute(
-                text(
-                    "SELECT table_name, column_name FROM information_schema.columns "
-                    "WHERE table_name LIKE 'enf_%' AND data_type = 'integer'"
-                )
-            ).all()
-        assert narrow == []
+            assert [c for c in integer_columns(conn) if c[0].startswith("enf_")] == []
     finally:
         store.close()
         engine.dispose()

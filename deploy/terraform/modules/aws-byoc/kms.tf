@@ -42,7 +42,8 @@ resource "aws_kms_alias" "archive_pii" {
   target_key_id = aws_kms_key.archive_pii.key_id
 }
 
-data "aws_iam_policy_document" "kms" {
+# Both keys: managed by the account through IAM and by the key administrators.
+data "aws_iam_policy_document" "kms_admin" {
   # Without this the key could become unmanageable; it grants the account's IAM the right to
   # delegate, and only principals whose own policies allow kms:* actions can use it.
   statement {
@@ -69,6 +70,10 @@ data "aws_iam_policy_document" "kms" {
       identifiers = var.key_administrator_arns
     }
   }
+}
+
+data "aws_iam_policy_document" "kms" {
+  source_policy_documents = [data.aws_iam_policy_document.kms_admin.json]
 
   statement {
     sid       = "EncryptAndVerify"
@@ -92,30 +97,7 @@ data "aws_iam_policy_document" "kms" {
 }
 
 data "aws_iam_policy_document" "kms_pii" {
-  statement {
-    sid       = "AccountRootCanManageThroughIAM"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = [local.account_root]
-    }
-  }
-
-  statement {
-    sid = "KeyAdministration"
-    actions = [
-      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
-      "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
-      "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
-      "kms:RotateKeyOnDemand",
-    ]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = var.key_administrator_arns
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.kms_admin.json]
 
   statement {
     sid       = "EncryptAndVerify"
