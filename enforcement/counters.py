@@ -145,12 +145,17 @@ class UsageCounters:
         unusable: list[str] = []
         deltas: dict[CounterKey, tuple[int, float]] = {}
         budget_deltas: dict[BudgetKey, tuple[int, float]] = {}
+        events = [ev for ev in events if ev.eventName in features_by_event]
         with self.store.write_lock:
             with self.store.transaction() as conn:
+                already = self.store.claimed(
+                    conn, environment, {(ev.customerId, ev.idempotencyKey) for ev in events}
+                )
                 for ev in events:
-                    features = features_by_event.get(ev.eventName)
-                    if not features:
+                    if (ev.customerId, ev.idempotencyKey) in already:
+                        self.events_replayed += 1
                         continue
+                    features = features_by_event[ev.eventName]
                     at = ev.timestamp / 1000.0
                     resource_key = ev.resourceId or NO_RESOURCE
                     ev_deltas: dict[CounterKey, tuple[int, float]] = {}
