@@ -113,6 +113,9 @@ class ProcessorProcess:
             if ready and ready["http_status"] == 200:
                 return ready
             time.sleep(0.1)
+        assert self.process is not None
+        self.process.kill()  # a failed test must not leave its processor running
+        self.process.wait(10)
         raise AssertionError(f"processor {self.name} not ready in {timeout_s}s:\n{self.log_tail()}")
 
     def check_alive(self) -> None:
