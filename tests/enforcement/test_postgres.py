@@ -101,29 +101,35 @@ def test_runtime_state_on_postgres_survives_a_restart(
         control_plane.start()
 
 
+SERVE = [sys.executable, "-m", "byoc_platform", "serve", "--role", "enforcement"]
+
+
+def serve_env(data_dir: Path, port: int, store_url: str, ledger_url: str) -> dict[str, str]:
+    """The environment of a `byoc serve` process on these databases (no Kafka, no warehouse)."""
+    return {
+        **os.environ,
+        "BYOC_DATA_DIR": str(data_dir),
+        "BYOC_PORTS__API": str(port),
+        "BYOC_PORTS__GRPC": str(free_port()),
+        "BYOC_ENFORCEMENT__DATABASE_URL": store_url,
+        "BYOC_LEDGER__DATABASE_URL": ledger_url,
+        "BYOC_ENFORCEMENT__CONSUME_USAGE": "false",
+        "BYOC_ENFORCEMENT__REBUILD_FROM_WAREHOUSE": "false",
+        "BYOC_LOG_LEVEL": "WARNING",
+    }
+
+
 def serve(
     data_dir: Path, cp: ControlPlaneProcess, store_url: str, ledger_url: str
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     key = KeyStore(data_dir / "auth" / "api_keys.json").create("development")
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "BYOC_DATA_DIR": str(data_dir),
-            "BYOC_PORTS__API": str(port),
-            "BYOC_PORTS__GRPC": str(free_port()),
-            "BYOC_CONTROL_PLANE__API_URL": f"{cp.url}/graphql",
-            "BYOC_CONTROL_PLANE__API_KEY": CP_KEY,
-            "BYOC_ENFORCEMENT__DATABASE_URL": store_url,
-            "BYOC_LEDGER__DATABASE_URL": ledger_url,
-            "BYOC_ENFORCEMENT__CONSUME_USAGE": "false",
-            "BYOC_ENFORCEMENT__REBUILD_FROM_WAREHOUSE": "false",
-            "BYOC_LOG_LEVEL": "WARNING",
-        }
-    )
+    env = serve_env(data_dir, port, store_url, ledger_url)
+    env["BYOC_CONTROL_PLANE__API_URL"] = f"{cp.url}/graphql"
+    env["BYOC_CONTROL_PLANE__API_KEY"] = CP_KEY
     log = (data_dir / "serve.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "byoc_platform", "serve", "--role", "enforcement"],
+        SERVE,
         cwd=REPO,
         env=env,
         stdout=log,
@@ -314,18 +320,10 @@ def test_a_second_instance_on_one_local_store_is_refused_at_start(pg: str, tmp_p
     try:
         with pytest.raises(StoreInUse, match="each instance needs a store of its own"):
             Store(url)
-        env = {
-            **os.environ,
-            "BYOC_DATA_DIR": str(tmp_path),
-            "BYOC_PORTS__API": str(free_port()),
-            "BYOC_PORTS__GRPC": str(free_port()),
-            "BYOC_ENFORCEMENT__DATABASE_URL": url,
-            "BYOC_LEDGER__DATABASE_URL": fresh_database(pg),
-        }
         serve = subprocess.run(
-            [sys.executable, "-m", "byoc_platform", "serve", "--role", "enforcement"],
+            SERVE,
             cwd=REPO,
-            env=env,
+            env=serve_env(tmp_path, free_port(), url, fresh_database(pg)),
             capture_output=True,
             text=True,
             timeout=120,
