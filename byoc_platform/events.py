@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -200,6 +201,30 @@ def dimension_value_problem(value: object) -> str | None:
     if not -MAX_DIMENSION_VALUE <= value <= MAX_DIMENSION_VALUE:
         return f"is out of range (at most {MAX_DIMENSION_VALUE:.0f} in absolute value)"
     return None
+
+
+# Stigg's limits for aggregated usage values (the REST SDK's docstring of `value`), applied by
+# every path that reports usage (REST /api/v2/usage, GraphQL ReportUsage, gRPC ReportUsage).
+MAX_FRACTIONAL_USAGE = 2.0**35
+MAX_WHOLE_USAGE = 2.0**53 - 1
+
+
+def usage_value_problem(value: float) -> str | None:
+    """Why a reported usage value cannot be accepted (None when it can)."""
+    if not math.isfinite(value):
+        return "must be finite"
+    if value.is_integer():
+        return "exceeds ±(2^53-1)" if abs(value) > MAX_WHOLE_USAGE else None
+    if abs(value) >= MAX_FRACTIONAL_USAGE:
+        return "must be below 2^35 in magnitude when fractional"
+    return None
+
+
+def round_usage_value(value: float) -> float:
+    """Stigg's rule for an accepted value: half away from zero to 5 decimal places."""
+    if value.is_integer():
+        return value
+    return float(Decimal(repr(value)).quantize(Decimal("0.00001"), rounding=ROUND_HALF_UP))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -73,6 +73,8 @@ class EnforcementComponent:
             self.engine,
             self.counters,
             events_sink=self._produce_events,
+            # Only when the usage.reports consumer runs: it brings a report to every instance.
+            reports_sink=self._produce_reports if cfg.consume_usage else None,
             reload=self._reload,
             currencies=self.credits.currencies_of,
             max_future_skew_s=settings.api.max_future_skew_s,
@@ -116,6 +118,9 @@ class EnforcementComponent:
 
     async def _produce_events(self, environment: str, events: list) -> None:
         await self.usage_feed.produce(environment, events)
+
+    async def _produce_reports(self, environment: str, reports: list) -> None:
+        await self.usage_feed.produce_reports(environment, reports)
 
     def _register_metrics(self) -> None:
         # Read at scrape time only (set_function): nothing is added to the check path.

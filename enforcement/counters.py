@@ -18,6 +18,7 @@ Memory is updated only after the commit, so what a check reads is always durable
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -252,7 +253,14 @@ class UsageCounters:
                 budget_deltas,
             )
             (key,) = deltas
-            end, _ = deltas[key]
+            end, total = deltas[key]
+            if not math.isfinite(self.values.get(key, 0.0) + total):
+                # Only a counter already beyond range (values are bounded at every entry):
+                # stored, inf - inf would be a NULL that fails every later write of the feed.
+                log.error(
+                    "usage report of customer %r not counted: counter out of range", key.customer_id
+                )
+                return Reported(self.values.get(key, 0.0), key.window_start, end, at)
             with self.store.transaction() as conn:
                 if claim is not None:
                     expires = max(float(end), at + self.dedup_window_s, now + 3600.0)

@@ -21,7 +21,6 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import betterproto
@@ -32,33 +31,35 @@ import grpclib.server
 from grpclib.const import Status
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
+from byoc_platform.catalog import Feature
 from byoc_platform.events import (
     MAX_RECORD_BYTES,
     ItemTooLarge,
     UsageEvent,
+    UsageReport,
     dimension_value_problem,
     epoch_ms,
     event_time_problem,
+    round_usage_value,
+    usage_value_problem,
 )
 from byoc_platform.settings import ApiSettings
 from enforcement import sidecar_messages as msg
-from enforcement.counters import UsageCounters
+from enforcement.counters import Reported, UsageCounters
 from enforcement.engine import BOOLEAN, ENUM, METERED, NUMERIC, EntitlementEngine
 from enforcement.grpc_codec import AnswerCache, CachingCodec
 from enforcement.grpc_fastpath import decode, read_message
+from enforcement.usage_hook import report_claim
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, list[UsageEvent]], Awaitable[None]]
 Reloader = Callable[[], Awaitable[None]]
+ReportSink = Callable[[str, list[UsageReport]], Awaitable[None]]
 
 _SET = pb.UsageUpdateBehavior.USAGE_UPDATE_BEHAVIOR_SET
 _BEHAVIORS = frozenset(pb.UsageUpdateBehavior)  # betterproto passes unknown values as ints
 DEFAULT_MAX_FUTURE_SKEW_S = ApiSettings().max_future_skew_s
-
-
-def _epoch(moment: datetime | None) -> float | None:
-    return moment.timestamp() if moment is not None else None
 
 
 def _dimension(value: pb.EventDimensionValue) -> str | float | bool:
@@ -78,6 +79,7 @@ class SidecarService(pb.SidecarServiceBase):
         counters: UsageCounters,
         *,
         events_sink: EventSink | None = None,
+        reports_sink: ReportSink | None = None,
         reload: Reloader | None = None,
         currencies: Callable[[str, str, str | None], list[str]] = lambda env, c, r: [],
         max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,  # settings.api, as REST
@@ -87,6 +89,7 @@ class SidecarService(pb.SidecarServiceBase):
         self.engine = engine
         self.counters = counters
         self.events_sink = events_sink
+        self.reports_sink = reports_sink  # usage.reports, read by every runtime instance
         self.reload = reload
         self.currencies = currencies  # the credit currencies a customer holds wallets in
         self.answers = AnswerCache()
@@ -392,7 +395,10 @@ class SidecarService(pb.SidecarServiceBase):
     # --- usage --------------------------------------------------------------------------------
 
     async def report_usage(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:
-        return await self._report(request)
+        now_ms = int(time.time() * 1000)
+        feature = self._validate_usage(request, now_ms)
+        (response,) = await self._report([(request, feature)], now_ms)
+        return response
 
     async def report_usage_bulk(
         self, request: pb.ReportUsageBulkRequest
@@ -402,11 +408,11 @@ class SidecarService(pb.SidecarServiceBase):
         if not request.usages:
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, "at least one usage is required")
         now_ms = int(time.time() * 1000)
-        for i, usage in enumerate(request.usages):  # validate all before applying any
-            self._validate_usage(usage, now_ms, f"usages[{i}].")
-        return pb.ReportUsageBulkResponse(
-            usages=[await self._report(usage) for usage in request.usages]
-        )
+        checked = [  # validate all before applying any
+            (usage, self._validate_usage(usage, now_ms, f"usages[{i}]."))
+            for i, usage in enumerate(request.usages)
+        ]
+        return pb.ReportUsageBulkResponse(usages=await self._report(checked, now_ms))
 
     def _validate_usage(  # type: ignore[no-untyped-def]
         self, request: pb.ReportUsageRequest, now_ms: int, path: str = ""
@@ -416,7 +422,10 @@ class SidecarService(pb.SidecarServiceBase):
             raise grpclib.GRPCError(
                 Status.INVALID_ARGUMENT, f"{path}customer_id and {path}feature_id are required"
             )
-        _finite(f"{path}value", request.value)
+        # REST's bounds: a value near 1.7e308 made the counter inf, then a SET NaN (F57).
+        problem = usage_value_problem(request.value)
+        if problem is not None:
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, f"{path}value {problem}")
         behavior = request.update_behavior
         if behavior is not None and behavior not in _BEHAVIORS:
             raise grpclib.GRPCError(
@@ -447,31 +456,64 @@ class SidecarService(pb.SidecarServiceBase):
             )
         return feature
 
-    async def _report(self, request: pb.ReportUsageRequest) -> pb.ReportUsageResponse:
-        feature = self._validate_usage(request, int(time.time() * 1000))
-        behavior = "SET" if request.update_behavior == _SET else "DELTA"
-        at = _epoch(request.timestamp) if request.timestamp is not None else None
-        result = await asyncio.to_thread(
-            self.counters.report,
-            self.environment,
-            request.customer_id,
-            request.resource_id,
-            feature,
-            request.value,
-            behavior,
-            at,
+    async def _report(
+        self, checked: list[tuple[pb.ReportUsageRequest, Feature]], now_ms: int
+    ) -> list[pb.ReportUsageResponse]:
+        """Log the usages to ``usage.reports`` (when configured), then count them here.
+
+        Every runtime instance counts what the log holds, each report once (claimed by its
+        id): counted only here, a report reached one replica of several (F58)."""
+        reports = [
+            UsageReport(
+                id=str(uuid.uuid4()),  # the request has no idempotency key (contract)
+                customerId=request.customer_id,
+                featureId=request.feature_id,
+                value=round_usage_value(request.value),
+                updateBehavior="SET" if request.update_behavior == _SET else "DELTA",
+                createdAt=now_ms if request.timestamp is None else epoch_ms(request.timestamp),
+                resourceId=request.resource_id or None,
+            )
+            for request, _ in checked
+        ]
+        if self.reports_sink is not None:
+            try:
+                await self.reports_sink(self.environment, reports)
+            except Exception as exc:
+                log.warning("ReportUsage could not make the usage durable: %r", exc)
+                raise grpclib.GRPCError(Status.UNAVAILABLE, "usage log unavailable, retry") from exc
+        results = await asyncio.to_thread(
+            self._count,
+            [(report, feature) for report, (_, feature) in zip(reports, checked, strict=True)],
         )
-        response = pb.ReportUsageResponse(
-            measurement_id=str(uuid.uuid4()),
-            customer_id=request.customer_id,
-            resource_id=request.resource_id,
-            feature_id=request.feature_id,
-            current_usage=result.current_usage,
-        )
-        if result.window_end:
-            response.usage_period_start = msg._time(result.window_start)
-            response.usage_period_end = msg._time(result.window_end)
-        return response
+        responses = []
+        for report, (request, _), result in zip(reports, checked, results, strict=True):
+            response = pb.ReportUsageResponse(
+                measurement_id=report.id,
+                customer_id=request.customer_id,
+                resource_id=request.resource_id,
+                feature_id=request.feature_id,
+                current_usage=result.current_usage,
+            )
+            if result.window_end:
+                response.usage_period_start = msg._time(result.window_start)
+                response.usage_period_end = msg._time(result.window_end)
+            responses.append(response)
+        return responses
+
+    def _count(self, reports: list[tuple[UsageReport, Feature]]) -> list[Reported]:
+        return [
+            self.counters.report(
+                self.environment,
+                report.customerId,
+                report.resourceId,
+                feature,
+                report.value,
+                report.updateBehavior,
+                report.createdAt / 1000.0,
+                claim=report_claim(report),
+            )
+            for report, feature in reports
+        ]
 
     async def report_events(self, request: pb.ReportEventsRequest) -> pb_google.Empty:
         if self.events_sink is None:

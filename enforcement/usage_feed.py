@@ -41,10 +41,13 @@ from byoc_platform.events import (
     SCHEMA_VERSION,
     EventBatch,
     UsageEvent,
+    UsageReport,
+    UsageReportBatch,
     decode_batch,
     decode_event_row,
     decode_report_batch,
     encode_batch,
+    encode_report_batch,
     record_key,
     split_records,
 )
@@ -270,20 +273,42 @@ class UsageFeed:
             return self._producer
 
     def _produce_sync(self, environment: str, events: list[UsageEvent]) -> None:
-        by_customer: dict[str, list[UsageEvent]] = defaultdict(list)
-        for event in events:
-            by_customer[event.customerId].append(event)
         received = int(time.time() * 1000)
 
         def encode(group: list[UsageEvent]) -> bytes:
             return encode_batch(EventBatch(SCHEMA_VERSION, environment, received, group))
 
-        # Every record before the first is produced: an event too large for any record
+        self._send(self.settings.kafka.events_topic, environment, events, encode, received)
+
+    def _produce_reports_sync(self, environment: str, reports: list[UsageReport]) -> None:
+        received = int(time.time() * 1000)
+
+        def encode(group: list[UsageReport]) -> bytes:
+            return encode_report_batch(
+                UsageReportBatch(SCHEMA_VERSION, environment, received, group)
+            )
+
+        self._send(self.settings.kafka.reports_topic, environment, reports, encode, received)
+
+    def _send(
+        self,
+        topic: str,
+        environment: str,
+        items: list[Any],
+        encode: Callable[[list[Any]], bytes],
+        received: int,
+    ) -> None:
+        """One record per customer (split when larger than a record may be), keyed as the
+        ingestion routes key theirs, so a customer's items keep one partition and order."""
+        by_customer: dict[str, list[Any]] = defaultdict(list)
+        for item in items:
+            by_customer[item.customerId].append(item)
+        # Every record before the first is produced: an item too large for any record
         # (ItemTooLarge) refuses the whole call with nothing of it in the log.
         pending = [
             (customer_id, value)
-            for customer_id, customer_events in by_customer.items()
-            for _, value in split_records(customer_events, encode)
+            for customer_id, customer_items in by_customer.items()
+            for _, value in split_records(customer_items, encode)
         ]
         producer = self._get_producer()
         for attempt in range(PRODUCE_ATTEMPTS):
@@ -303,7 +328,7 @@ class UsageFeed:
                         errors.append(str(err or "delivered without an offset"))
 
                 producer.produce(
-                    self.settings.kafka.events_topic,
+                    topic,
                     value=value,
                     key=record_key(environment, customer_id),
                     timestamp=received,
@@ -318,8 +343,12 @@ class UsageFeed:
             log.warning("produce attempt %d failed: %s", attempt + 1, errors[:3])
             pending = failures
             time.sleep(0.2 * (attempt + 1))
-        raise RuntimeError(f"events not durable after {PRODUCE_ATTEMPTS} attempts: {errors[:3]}")
+        raise RuntimeError(f"records not durable after {PRODUCE_ATTEMPTS} attempts: {errors[:3]}")
 
     async def produce(self, environment: str, events: list[UsageEvent]) -> None:
         if events:
             await asyncio.to_thread(self._produce_sync, environment, events)
+
+    async def produce_reports(self, environment: str, reports: list[UsageReport]) -> None:
+        if reports:
+            await asyncio.to_thread(self._produce_reports_sync, environment, reports)

@@ -10,14 +10,17 @@ calls :meth:`apply_usage`. Each report is claimed by its id, so the same report 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from byoc_platform.api_errors import ApiError
 from byoc_platform.catalog import Feature
-from byoc_platform.events import UsageReport
+from byoc_platform.events import UsageReport, usage_value_problem
 from byoc_platform.plugins import UsageOutcome
 from enforcement.counters import UsageCounters
 from enforcement.state import LocalState
+
+log = logging.getLogger(__name__)
 
 CLAIM_PREFIX = "\x1freport\x1f"
 
@@ -68,6 +71,17 @@ class UsageHook:
         feature = self.state.env(environment).features.get(report.featureId)
         if feature is None or feature.meterType == "None":
             return UsageOutcome()  # the catalog changed since validation: nothing to count
+        problem = usage_value_problem(report.value)
+        if problem is not None:
+            # Logged before every path bounded values (gRPC did not, F57): counted, such a
+            # value made the counter inf, then NaN, failing the usage.reports consumer.
+            log.error(
+                "usage report %s of customer %r not counted: value %s",
+                report.id,
+                report.customerId,
+                problem,
+            )
+            return UsageOutcome()
         result = self.counters.report(
             environment,
             report.customerId,

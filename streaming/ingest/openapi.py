@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from byoc_platform.api_errors import ERROR_BODY_SCHEMA
+from byoc_platform.events import MAX_FRACTIONAL_USAGE as MAX_FRACTIONAL
+from byoc_platform.events import MAX_WHOLE_USAGE as MAX_WHOLE
 from byoc_platform.settings import Settings
-from streaming.ingest.wire import MAX_FRACTIONAL, MAX_WHOLE
 
 _ERROR = ERROR_BODY_SCHEMA
 _GRAPHQL_ERRORS = {

@@ -21,9 +21,7 @@ the Kafka record format with no per-event copy (the per-event Python cost is the
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -34,14 +32,12 @@ from byoc_platform.events import (
     dimension_value_problem,
     epoch_ms,
     event_time_problem,
+    round_usage_value,
+    usage_value_problem,
 )
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Dimensions = dict[str, str | int | float | bool]
-
-# Stigg's limits for usage values (the REST SDK's docstring of `value`).
-MAX_FRACTIONAL = 2.0**35
-MAX_WHOLE = 2.0**53 - 1
 
 
 class WireEvent(msgspec.Struct, omit_defaults=True, gc=False, forbid_unknown_fields=True):
@@ -219,24 +215,10 @@ def decode_events(
 
 def round_value(value: float, where: str) -> float:
     """Stigg's rule: half away from zero to 5 places; fractional |v| < 2^35, whole <= 2^53-1."""
-    if not math.isfinite(value):
-        raise Rejected(
-            422, f"Invalid request: value must be finite - at `{where}.value`", "invalid"
-        )
-    if value.is_integer():
-        if abs(value) > MAX_WHOLE:
-            raise Rejected(
-                422, f"Invalid request: value exceeds ±(2^53-1) - at `{where}.value`", "invalid"
-            )
-        return value
-    if abs(value) >= MAX_FRACTIONAL:
-        raise Rejected(
-            422,
-            f"Invalid request: a fractional value must be below 2^35 in magnitude "
-            f"- at `{where}.value`",
-            "invalid",
-        )
-    return float(Decimal(repr(value)).quantize(Decimal("0.00001"), rounding=ROUND_HALF_UP))
+    problem = usage_value_problem(value)
+    if problem is not None:
+        raise Rejected(422, f"Invalid request: value {problem} - at `{where}.value`", "invalid")
+    return round_usage_value(value)
 
 
 def decode_usages(body: bytes, *, max_usages: int) -> list[UsageIn]:

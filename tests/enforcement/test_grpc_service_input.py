@@ -110,7 +110,9 @@ def event(key: str, **fields: Any) -> pb.Event:
 
 
 def usage(customer: str, **fields: Any) -> pb.ReportUsageRequest:
-    return pb.ReportUsageRequest(customer_id=customer, feature_id="f-calls", value=1, **fields)
+    return pb.ReportUsageRequest(
+        **{"customer_id": customer, "feature_id": "f-calls", "value": 1, **fields}
+    )
 
 
 def current_usage(channel: grpc.Channel, customer: str) -> float:
@@ -415,6 +417,40 @@ def test_an_undefined_update_behavior_is_invalid_argument(
         f"usages[0].update_behavior {value} is not a UsageUpdateBehavior value",
     )
     assert current_usage(channel, "c-pro") == before
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (1.7e308, "exceeds ±(2^53-1)"),
+        (-(2.0**53), "exceeds ±(2^53-1)"),
+        (2.0**35 + 0.5, "must be below 2^35 in magnitude when fractional"),
+        (float("inf"), "must be finite"),
+        (float("nan"), "must be finite"),
+    ],
+)
+def test_report_usage_values_have_rest_s_bounds(
+    channel: grpc.Channel, value: float, problem: str
+) -> None:
+    """Two values near 1.7e308 made the counter inf, a SET then NaN, and the usage.reports
+    consumer failed for ever on it (F57): refused as REST refuses them."""
+    before = current_usage(channel, "c-pro")
+    assert rpc(channel, "ReportUsage", usage("c-pro", value=value)) == (
+        INVALID,
+        f"value {problem}",
+    )
+    bulk = pb.ReportUsageBulkRequest(usages=[usage("c-pro"), usage("c-pro", value=value)])
+    assert rpc(channel, "ReportUsageBulk", bulk) == (INVALID, f"usages[1].value {problem}")
+    assert current_usage(channel, "c-pro") == before
+
+
+def test_report_usage_rounds_values_as_rest_does(channel: grpc.Channel) -> None:
+    before = current_usage(channel, "c-pro")
+    answer = pb.ReportUsageResponse().parse(
+        rpc(channel, "ReportUsage", usage("c-pro", value=0.123456789))
+    )
+    assert answer.current_usage == pytest.approx(before + 0.12346, abs=1e-9)
+    assert current_usage(channel, "c-pro") == pytest.approx(before + 0.12346, abs=1e-9)
 
 
 def test_empty_batches_are_invalid_argument(

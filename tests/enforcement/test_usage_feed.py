@@ -28,8 +28,11 @@ from byoc_platform.events import (
     SCHEMA_VERSION,
     EventBatch,
     UsageEvent,
+    UsageReport,
+    UsageReportBatch,
     decode_batch,
     encode_batch,
+    encode_report_batch,
     record_key,
     split_dimensions,
 )
@@ -161,6 +164,87 @@ def test_rest_v2_usage_reaches_the_counters(
     assert usage(feed_runtime, customer, "f-storage") == 4
     check = client.v1.customers.check_entitlement(customer, feature_id="f-calls").data
     assert check.current_usage == 7
+
+
+def test_sidecar_report_usage_reaches_every_runtime_instance(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime, tmp_path: Path
+) -> None:
+    """Replicas keep counters of their own: a ReportUsage counted only by the one that got
+    it was missing on the others (F58). It goes through usage.reports as REST's does."""
+    customer = new_customer(control_plane, feed_runtime)
+    other_settings = make_settings(
+        tmp_path / "other",
+        control_plane.url,
+        infra.settings,
+        consume_usage=True,
+        rebuild_from_warehouse=False,
+        consumer_group=f"enf-test-{uuid.uuid4().hex[:8]}",
+    )
+    with running(other_settings) as other:
+        other.sync_now()
+        answer = call(
+            feed_runtime,
+            lambda s: s.report_usage(
+                pb.ReportUsageRequest(customer_id=customer, feature_id="f-calls", value=500)
+            ),
+        )
+        assert answer.current_usage == 500
+        bulk = pb.ReportUsageBulkRequest(
+            usages=[
+                pb.ReportUsageRequest(customer_id=customer, feature_id="f-calls", value=20),
+                pb.ReportUsageRequest(
+                    customer_id=customer,
+                    feature_id="f-storage",
+                    value=6,
+                    update_behavior=pb.UsageUpdateBehavior.USAGE_UPDATE_BEHAVIOR_SET,
+                ),
+            ]
+        )
+        answers = call(feed_runtime, lambda s: s.report_usage_bulk(bulk))
+        assert [a.current_usage for a in answers.usages] == [520, 6]
+        wait_until(lambda: usage(other, customer, "f-calls") == 520, timeout=60)
+        wait_until(lambda: usage(other, customer, "f-storage") == 6, timeout=60)
+        time.sleep(1.0)  # the instance that answered reads its own reports back: once
+        assert usage(feed_runtime, customer, "f-calls") == 520
+        assert usage(other, customer, "f-calls") == 520
+
+
+def test_a_report_beyond_range_in_the_log_does_not_stop_the_feed(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    """A value beyond Stigg's bounds logged before every path bounded them (F57) made the
+    counter inf, a SET after it NaN, and the usage.reports consumer then failed for ever,
+    for every customer."""
+    customer = new_customer(control_plane, feed_runtime)
+    now = int(time.time() * 1000)
+
+    def report(key: str, value: float, behavior: str = "DELTA") -> UsageReport:
+        return UsageReport(
+            id=key,
+            customerId=customer,
+            featureId="f-calls",
+            value=value,
+            updateBehavior=behavior,
+            createdAt=now,
+        )
+
+    reports = [report("r1", 1.7e308), report("r2", 1.7e308), report("r3", 0, "SET")]
+    producer = Producer(clients.producer_config(infra.settings))
+    for batch in (reports, [report("r4", 3)]):
+        value = encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, batch))
+        producer.produce(
+            infra.settings.kafka.reports_topic,
+            value=value,
+            key=record_key("development", customer),
+            timestamp=now,
+        )
+    assert producer.flush(30) == 0
+    wait_until(lambda: usage(feed_runtime, customer, "f-calls") == 3, timeout=60)
+    assert feed_runtime.component.usage_feed.consumer_error is None
+    # Raw events of another customer are still counted after it.
+    other = new_customer(control_plane, feed_runtime)
+    produce_deduped(infra.settings, other, [ev(other, "api_call", "after-1")])
+    wait_until(lambda: usage(feed_runtime, other, "f-calls") == 1, timeout=60)
 
 
 def test_report_events_produces_to_usage_events(
