@@ -50,8 +50,12 @@ class UsageApplier(Protocol):
     reports durably to Kafka, then calls :meth:`apply_usage` and answers with its outcomes.
     """
 
-    def validate_usage(self, environment: str, reports: Sequence[UsageReport]) -> None:
-        """Raise ``byoc_platform.api_errors.ApiError`` (e.g. 404 unknown feature) to refuse."""
+    def validate_usage(
+        self, environment: str, reports: Sequence[UsageReport], path: str = "usages"
+    ) -> None:
+        """Raise ``byoc_platform.api_errors.ApiError`` (e.g. 404 unknown feature) to refuse,
+        naming the item as the caller sent it: ``path`` is the list (``usages``,
+        ``input.usages``) or, for a single usage, the object (``input``)."""
         ...
 
     async def apply_usage(

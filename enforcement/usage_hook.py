@@ -34,9 +34,8 @@ class UsageHook:
         self.state = state
         self.counters = counters
 
-    def _feature(self, environment: str, report: UsageReport, index: int) -> Feature:
+    def _feature(self, environment: str, report: UsageReport, where: str) -> Feature:
         env = self.state.env(environment)
-        where = f"usages[{index}]"
         if report.customerId not in env.customers:
             raise ApiError(
                 404,
@@ -63,9 +62,12 @@ class UsageHook:
             )
         return feature
 
-    def validate_usage(self, environment: str, reports: Sequence[UsageReport]) -> None:
+    def validate_usage(
+        self, environment: str, reports: Sequence[UsageReport], path: str = "usages"
+    ) -> None:
         for index, report in enumerate(reports):
-            self._feature(environment, report, index)
+            where = f"{path}[{index}]" if path.endswith("usages") else path
+            self._feature(environment, report, where)
 
     def apply_one(self, environment: str, report: UsageReport) -> UsageOutcome:
         feature = self.state.env(environment).features.get(report.featureId)

@@ -9,7 +9,7 @@ as the control-plane stand-in does. Served: ``ReportEvent`` (1..1000 events, ans
 Status codes follow the GraphQL-over-HTTP convention for ``application/json``: a body that is
 not a JSON object, or whose ``query``/``operationName``/``variables`` are ill-typed -> 400,
 a body over the size limit -> 413, a body not declared ``application/json`` -> 415 (request
-errors); invalid input, too many items, an
+errors); invalid input, too many items, an item too large, an
 unknown operation -> 200 with ``{"errors":[{message, extensions:{code}}]}`` (the
 message names the path, e.g. ``input.usageEvents[3].customerId``); broker unavailable -> 503
 and producer buffer full -> 429, both with retry-after and an ``errors`` body, never 200.
@@ -35,6 +35,10 @@ from streaming.ingest.service import IngestService, now_ms, rejection_reason
 
 # Statuses that stay HTTP statuses (request or transport errors); others become 200 + errors.
 _HTTP_STATUSES = {400, 401, 413, 415, 429, 503}
+# Inside an operation only these do: a refused item (too many, too large, a feature that is
+# not metered) is a GraphQL error, whose message the SDK shows; as an HTTP 400/413 it raised
+# GraphQLClientHttpError with the status alone (F59).
+_OPERATION_HTTP_STATUSES = {401, 429, 503}
 _GRAPHQL_CODES = {
     400: "BadUserInput",
     404: "NotFound",
@@ -54,7 +58,8 @@ def measurement(report: UsageReport, outcome: UsageOutcome, received_ms: int) ->
         "featureId": report.featureId,
         "customerId": report.customerId,
         "resourceId": report.resourceId,
-        "currentUsage": outcome.current_usage,
+        # Whole 5-decimal units as REST answers them (F19), not 0.30000000000000004.
+        "currentUsage": None if outcome.current_usage is None else round(outcome.current_usage, 5),
         "credit": None,
         "usagePeriodStart": iso_ms(outcome.usage_period_start),
         "usagePeriodEnd": iso_ms(outcome.usage_period_end),
@@ -63,7 +68,7 @@ def measurement(report: UsageReport, outcome: UsageOutcome, received_ms: int) ->
     }
 
 
-def error_document(exc: ApiError) -> Response:
+def error_document(exc: ApiError, *, in_operation: bool = False) -> Response:
     body = {
         "errors": [
             {
@@ -72,7 +77,8 @@ def error_document(exc: ApiError) -> Response:
             }
         ]
     }
-    status = exc.status if exc.status in _HTTP_STATUSES else 200
+    kept = _OPERATION_HTTP_STATUSES if in_operation else _HTTP_STATUSES
+    status = exc.status if exc.status in kept else 200
     headers = {}
     original = exc.response()
     for name in ("retry-after", "retry-after-ms", "x-should-retry"):
@@ -135,10 +141,14 @@ class GraphQLRoute:
                 )
             if not variables or "input" not in variables:
                 raise wire.Rejected(422, "Missing variable `input`", "invalid")
-            data = await op(request.state.environment, variables["input"])
         except ApiError as exc:
             service.metrics.rejections.labels("graphql", rejection_reason(exc)).inc()
             return error_document(exc)
+        try:
+            data = await op(request.state.environment, variables["input"])
+        except ApiError as exc:
+            service.metrics.rejections.labels("graphql", rejection_reason(exc)).inc()
+            return error_document(exc, in_operation=True)
         return Response(msgspec.json.encode({"data": data}), media_type="application/json")
 
     async def report_event(self, environment: str, data: Any) -> dict[str, Any]:

@@ -199,7 +199,7 @@ class IngestService:
         reports = self.to_reports(environment, usages, received, path)
         applier = self.hooks.usage
         if applier is not None:
-            applier.validate_usage(environment, reports)
+            applier.validate_usage(environment, reports, path=path.removeprefix("$."))
         batch = records.report_records(
             self.reports_topic,
             environment,

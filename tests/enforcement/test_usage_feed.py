@@ -20,6 +20,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 from stigg._client import Stigg as RestStigg
+from stigg.client import Stigg
+from stigg.generated.exceptions import GraphQLClientGraphQLMultiError
+from stigg.generated.input_types import ReportUsageBaseInput, ReportUsageBulkInput, ReportUsageInput
 from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 
 from byoc_platform import clients
@@ -245,6 +248,38 @@ def test_a_report_beyond_range_in_the_log_does_not_stop_the_feed(
     other = new_customer(control_plane, feed_runtime)
     produce_deduped(infra.settings, other, [ev(other, "api_call", "after-1")])
     wait_until(lambda: usage(feed_runtime, other, "f-calls") == 1, timeout=60)
+
+
+def test_graphql_report_usage_refusals_are_errors_naming_the_input(
+    control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    """A feature that is not metered was an HTTP 400 (the SDK showed the status alone, F59)
+    naming ``usages[0]``, a path the caller of ReportUsage never sent."""
+    customer = new_customer(control_plane, feed_runtime)
+    client = Stigg.create_client(
+        feed_runtime.api_key, api_url=f"{feed_runtime.api_url}/graphql", enable_edge=False
+    )
+    try:
+        with pytest.raises(GraphQLClientGraphQLMultiError) as raised:
+            client.report_usage(
+                ReportUsageInput(customer_id=customer, feature_id="f-seats", value=1)
+            )
+        [error] = raised.value.errors
+        assert error.message == "input.featureId: feature 'f-seats' is not metered"
+        with pytest.raises(GraphQLClientGraphQLMultiError) as raised:
+            client.report_usage_bulk(
+                ReportUsageBulkInput(
+                    usages=[
+                        ReportUsageBaseInput(customer_id=customer, feature_id="f-calls", value=1),
+                        ReportUsageBaseInput(customer_id="nobody", feature_id="f-calls", value=1),
+                    ]
+                )
+            )
+        [error] = raised.value.errors
+        assert error.message == "input.usages[1].customerId: customer 'nobody' not found"
+    finally:
+        client.http_client.close()
+    assert usage(feed_runtime, customer, "f-calls") == 0
 
 
 def test_report_events_produces_to_usage_events(

@@ -168,28 +168,30 @@ def test_unknown_operation_and_malformed_body(ingest_api: ApiProcess) -> None:
     assert anonymous.status_code == 401
 
 
-def test_too_many_events_is_413_with_an_errors_body(
-    ingest_api: ApiProcess, events_reader: KafkaReader
+def test_too_many_events_is_a_graphql_error_the_sdk_shows(
+    ingest_api: ApiProcess, gql: StiggClient, events_reader: KafkaReader
 ) -> None:
+    """Item-level refusals are 200 with errors (the contract): as an HTTP 413 the SDK raised
+    GraphQLClientHttpError with the status alone, the message lost (F59)."""
     customer = unique("gql-413")
+    with pytest.raises(GraphQLClientGraphQLMultiError) as raised:
+        gql.report_event(
+            UsageEventsReportInput(
+                usage_events=[
+                    UsageEventReportInput(
+                        customer_id=customer, event_name="e", idempotency_key=str(i)
+                    )
+                    for i in range(1001)
+                ]
+            )
+        )
+    [error] = raised.value.errors
+    assert "1001" in error.message and error.extensions == {"code": "BadUserInput"}
     body = {
         "query": "mutation ReportEvent($input: UsageEventsReportInput!) "
         "{ reportEvent(events: $input) }",
         "operationName": "ReportEvent",
-        "variables": {
-            "input": {
-                "usageEvents": [
-                    {"customerId": customer, "eventName": "e", "idempotencyKey": str(i)}
-                    for i in range(1001)
-                ]
-            }
-        },
     }
-    response = httpx.post(
-        f"{ingest_api.url}/graphql", json=body, headers={"X-API-KEY": ingest_api.api_key}
-    )
-    assert response.status_code == 413
-    assert "1001" in response.json()["errors"][0]["message"]
     sentinel = {
         **body,
         "variables": {

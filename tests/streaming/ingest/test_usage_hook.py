@@ -31,7 +31,9 @@ class Applier:
     def __init__(self) -> None:
         self.applied: list[tuple[str, list[UsageReport]]] = []
 
-    def validate_usage(self, environment: str, reports: Sequence[UsageReport]) -> None:
+    def validate_usage(
+        self, environment: str, reports: Sequence[UsageReport], path: str = "usages"
+    ) -> None:
         for index, report in enumerate(reports):
             if report.featureId == "unknown-feature":
                 raise ApiError(404, f"feature 'unknown-feature' not found (usages[{index}])")
@@ -152,3 +154,16 @@ def test_rest_usage_answers_current_usage_in_whole_5_decimal_units(
     )
     assert response.status_code == 200
     assert response.json()["data"]["usages"][0]["currentUsage"] == 0.3  # not 0.30000000000000004
+    graphql = httpx.post(
+        f"{url}/graphql",
+        json={
+            "query": "mutation ReportUsage($input: ReportUsageInput!) "
+            "{ reportUsage(input: $input) { currentUsage } }",
+            "operationName": "ReportUsage",
+            "variables": {
+                "input": {"customerId": unique("noisy"), "featureId": "noisy", "value": 0.1}
+            },
+        },
+        headers={"X-API-KEY": infra.api_key},
+    )
+    assert graphql.json()["data"]["reportUsage"]["currentUsage"] == 0.3  # GraphQL too
