@@ -210,7 +210,13 @@ class Store:
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         self._owner = claim(self.engine) if self.dialect == "postgresql" else None
-        self._claim_statement = self._insert(counted_events).on_conflict_do_nothing()
+        # RETURNING, not rowcount: psycopg's rowcount of this statement is -1 on PostgreSQL,
+        # which read as "already counted" for every event (F60).
+        self._claim_statement = (
+            self._insert(counted_events)
+            .on_conflict_do_nothing()
+            .returning(counted_events.c.idempotency_key)
+        )
         metadata.create_all(self.engine)
         if self.dialect == "postgresql":
             widen_integer_columns(self.engine)
@@ -398,7 +404,7 @@ class Store:
             "idempotency_key": key,
             "expires_at": expires_at,
         }
-        return conn.execute(self._claim_statement, params).rowcount == 1
+        return conn.execute(self._claim_statement, params).first() is not None
 
     def load_counters(self, since: float) -> tuple[dict[CounterKey, float], dict[BudgetKey, float]]:
         """Counters whose window ends after ``since`` (or never resets)."""

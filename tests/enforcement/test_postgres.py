@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from stigg_sidecar_sdk.generated.stigg.sidecar import v1 as pb
 from byoc_platform.auth import KeyStore
 from byoc_platform.catalog import ChangePage, Customer, Grant
 from byoc_platform.control_plane.store import Store as ControlPlaneStore
+from byoc_platform.events import UsageEvent
 from byoc_platform.settings import Settings
 from enforcement.counters import UsageCounters
 from enforcement.credits import CreditService
@@ -67,6 +69,21 @@ def test_runtime_state_on_postgres_survives_a_restart(
             ),
         )
         assert used.current_usage == 12
+        # Deduplicated events count once: each claim's outcome was read from rowcount, -1 on
+        # PostgreSQL, so no event was ever counted there (F60).
+        now_ms = int(time.time() * 1000)
+        events = [
+            UsageEvent(
+                customerId="c-basic",
+                eventName="api_call",
+                idempotencyKey=f"pg-{i}",
+                timestamp=now_ms,
+            )
+            for i in range(3)
+        ]
+        counters = runtime.component.counters
+        assert counters.apply_events("development", events) == 3
+        assert counters.apply_events("development", events) == 0  # a redelivery
         with runtime.http() as http:
             granted = http.post(
                 "/api/v1/credits/grants",
@@ -90,7 +107,7 @@ def test_runtime_state_on_postgres_survives_a_restart(
                 ),
             )
             assert answer.has_access is True and answer.is_fallback is True
-            assert answer.entitlement.current_usage == 12
+            assert answer.entitlement.current_usage == 15
             assert runtime.component.sync.syncs["development"].status.cursor == cursor
             with runtime.http() as http:
                 check = http.get(
