@@ -210,13 +210,15 @@ class Store:
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         self._owner = claim(self.engine) if self.dialect == "postgresql" else None
-        # RETURNING, not rowcount: psycopg's rowcount of this statement is -1 on PostgreSQL,
-        # which read as "already counted" for every event (F60).
-        self._claim_statement = (
-            self._insert(counted_events)
-            .on_conflict_do_nothing()
-            .returning(counted_events.c.idempotency_key)
-        )
+        # On PostgreSQL the outcome comes from RETURNING: psycopg's rowcount of this statement
+        # is -1, which read as "already counted" for every event (F60). SQLite's rowcount is
+        # right and ~25 % cheaper per new event than RETURNING (bench/counters_reread.py).
+        self._claim_statement = self._insert(counted_events).on_conflict_do_nothing()
+        self._claim_returns = self.dialect == "postgresql"
+        if self._claim_returns:
+            self._claim_statement = self._claim_statement.returning(
+                counted_events.c.idempotency_key
+            )
         metadata.create_all(self.engine)
         if self.dialect == "postgresql":
             widen_integer_columns(self.engine)
@@ -404,7 +406,8 @@ class Store:
             "idempotency_key": key,
             "expires_at": expires_at,
         }
-        return conn.execute(self._claim_statement, params).first() is not None
+        result = conn.execute(self._claim_statement, params)
+        return result.first() is not None if self._claim_returns else result.rowcount == 1
 
     def load_counters(self, since: float) -> tuple[dict[CounterKey, float], dict[BudgetKey, float]]:
         """Counters whose window ends after ``since`` (or never resets)."""
