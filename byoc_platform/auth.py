@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from byoc_platform.environments import environment_problem
+
 log = logging.getLogger(__name__)
 
 
@@ -93,7 +95,12 @@ class KeyStore:
         return key
 
     def add(self, key: str, environment: str, label: str = "") -> KeyRecord:
-        """Register a key chosen elsewhere (e.g. from a secret); idempotent."""
+        """Register a key chosen elsewhere (e.g. from a secret); idempotent.
+
+        Raises ValueError for an environment id outside the rule (environments.py)."""
+        problem = environment_problem(environment)
+        if problem is not None:
+            raise ValueError(problem)
         record = KeyRecord(
             key_id=hash_key(key)[:12],
             environment=environment,

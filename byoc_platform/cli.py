@@ -264,12 +264,14 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    from byoc_platform.auth import KeyStore
+    from rich.markup import escape
 
-    if not environment.strip() or environment != environment.strip():
-        console.print(
-            f"[red]--environment must be a name without surrounding blanks[/red]: {environment!r}"
-        )
+    from byoc_platform.auth import KeyStore
+    from byoc_platform.environments import environment_problem
+
+    problem = environment_problem(environment)
+    if problem is not None:
+        console.print(f"[red]--environment: {escape(problem)}[/red]")
         raise typer.Exit(2)
     settings = load_settings(data_dir, console)
     assert settings.api_keys_file is not None

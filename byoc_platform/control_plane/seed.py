@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ import yaml
 
 from byoc_platform.catalog import ENTITY_TYPES, Change, decode_entity
 from byoc_platform.control_plane.store import CatalogOp, Delete, Store, Upsert
+from byoc_platform.environments import environment_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ SECTIONS: dict[str, str] = {
 }
 # Path segment aliases accepted by the HTTP API: "feature" and "features" both work.
 KINDS: dict[str, str] = {**{k: k for k in ENTITY_TYPES}, **SECTIONS}
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class EntityError(ValueError):
@@ -59,8 +58,10 @@ class EntityError(ValueError):
 
 
 def check_environment(env: object) -> str:
-    if not isinstance(env, str) or not _ENV_NAME.match(env):
-        raise EntityError(f"invalid environment id {env!r} (letters, digits, '.', '_', '-')")
+    problem = environment_problem(env)
+    if problem is not None:
+        raise EntityError(problem)
+    assert isinstance(env, str)
     return env
 
 

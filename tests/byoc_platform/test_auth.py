@@ -73,3 +73,47 @@ def test_a_bad_edit_of_the_key_file_keeps_the_keys_in_force_and_blocks_writes(
     path.write_text(text)  # mended: read again
     os.utime(path, (time.time() + 10, time.time() + 10))
     assert [r.environment for r in KeyStore(path).records()] == ["env-a"]
+
+
+@pytest.mark.parametrize("environment", ["team/prod", "qa env", "", " dev", "-dev", "é", "x" * 129])
+def test_an_environment_id_outside_the_rule_gets_no_key(tmp_path: Path, environment: str) -> None:
+    """An id with '/' split the archive layout, and one the control plane refuses failed the
+    rollup of every environment of its hours (F72): refused where keys are made."""
+    store = KeyStore(tmp_path / "keys.json")
+    with pytest.raises(ValueError, match="invalid environment id"):
+        store.create(environment)
+    assert store.records() == []
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byoc_platform",
+            "keys",
+            "create",
+            "--environment",
+            environment,
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--environment: invalid environment id" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_environment_ids_within_the_rule_get_keys(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    for environment in ("development", "prod-eu.1", "Team_A", "x" * 128):
+        assert store.environment_of(store.create(environment)) == environment
+
+
+def test_the_settings_refuse_an_environment_outside_the_rule() -> None:
+    from pydantic import ValidationError
+
+    from byoc_platform.settings import Settings
+
+    with pytest.raises(ValidationError, match="invalid environment id 'team/prod'"):
+        Settings(environment="team/prod")
