@@ -168,6 +168,10 @@ class PartitionEngine:
         label_keys = describe.cache
         encode_sorted = SORTED_ENCODER.encode
         wm = self._watermark
+        # Events of an hour that had ended when they arrived: the hourly rollup of that hour may
+        # have run already, so the hour is recorded for a re-rollup even when the event is not
+        # behind the watermark (an idle partition's watermark lags; F73).
+        received_hour = received_at - received_at % HOUR_MS
         accepted = duplicates = late = 0
         # The hot loop: locals only, dedup inlined (DedupIndex.claim's rule).
         for event in batch.events:
@@ -229,6 +233,8 @@ class PartitionEngine:
                 late += 1
                 self._late(wkey, labels, ts, values, idem, received_at)
             else:
+                if ts < received_hour:
+                    self._late_hour(environment, ts, received_at)
                 acc = windows.get(wkey)
                 if acc is None:
                     acc = windows[wkey] = WindowAcc(labels, ts)
@@ -288,7 +294,10 @@ class PartitionEngine:
         received_at: int,
     ) -> None:
         self._out.minutes.extend(late_rows(wkey, labels, ts, values, idem))
-        hour = (wkey[0], ts - ts % HOUR_MS)
+        self._late_hour(wkey[0], ts, received_at)
+
+    def _late_hour(self, environment: str, ts: int, received_at: int) -> None:
+        hour = (environment, ts - ts % HOUR_MS)
         if self._late_hours.get(hour, received_at - 1) < received_at:
             self._late_hours[hour] = received_at
 

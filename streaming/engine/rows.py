@@ -58,7 +58,8 @@ class MinuteRow(msgspec.Struct, frozen=True, gc=False):
 
 
 class LateHourRow(msgspec.Struct, frozen=True, gc=False):
-    """An hour touched by a late event, to be rolled up again: a row of ``late_hours``."""
+    """An hour to be rolled up again: a row of ``late_hours``. Written for a late event, and for
+    any event received after its hour ended (that hour's rollup may have run already)."""
 
     environment: str
     hour: int  # ms, floor of the late event's time to the hour

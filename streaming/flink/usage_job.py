@@ -29,6 +29,8 @@ Pipeline, per source (every operator is Java; no Python on the data path):
    TUMBLE(1 minute) aggregates; late rows are routed EXPLICITLY to their own usage_minute rows
    (late_key = idempotency key) and to late_hours, because a window aggregate would drop them
    silently. The same predicate gates both branches, so no event is both or neither.
+   late_hours also gets the hour of every event received after its hour ended (on time or
+   not): that hour's rollup may have run already, and an idle partition's watermark lags.
 
 Watermarks are per source table: locally each partition file is its own table (its own
 pipeline inside the ONE job), which is the Python engine's per-partition watermark. With
@@ -354,7 +356,8 @@ def add_pipeline(
     statements.add_insert_sql(f"""
         INSERT INTO sink_late_hours
         SELECT environment, {floor_sql("event_time", HOUR_MS)}, ingest_time
-        FROM classified_{suffix} WHERE is_late""")
+        FROM classified_{suffix}
+        WHERE is_late OR event_time < {floor_sql("ingest_time", HOUR_MS)}""")
 
 
 def partition_inputs(inputs: list[Path]) -> list[Path]:

@@ -75,3 +75,21 @@ def test_watermark_is_shared_by_customers_of_one_partition() -> None:
     engine.process(0, rec(T0, ev("a", T0 + 3 * MIN, customer="c1")))
     engine.process(1, rec(T0, ev("b", T0, customer="c2")))
     assert engine.counters.late == 1
+
+
+def test_an_event_received_after_its_hour_ended_marks_that_hour_even_on_time() -> None:
+    """An idle partition's watermark lags: a back-dated event ahead of it is on time, but its
+    hour's rollup may have run already; without a late_hours row nothing rolled it up again
+    (F73)."""
+    hour = 3_600_000
+    start = T0 - T0 % hour
+    engine = PartitionEngine(0, EngineConfig())
+    engine.process(0, rec(start + 5 * MIN, ev("a", start + 5 * MIN)))
+    assert engine.drain().late_hours == []  # received within its own hour
+    # The partition idles; an hour and a half later an SDK flushes events of the first hour.
+    received = start + hour + 30 * MIN
+    engine.process(1, rec(received, ev("b", start + 50 * MIN), ev("c", start + hour + 29 * MIN)))
+    out = engine.drain()
+    assert engine.counters.late == 0  # ahead of the watermark: on time
+    assert [(m.minute, m.count) for m in out.minutes if m.late_key] == []
+    assert out.late_hours == [LateHourRow("prod", start, received)]  # not the open hour

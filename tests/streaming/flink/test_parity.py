@@ -138,4 +138,6 @@ def test_negative_event_times_are_floored_to_their_minute_and_hour(flink_rows) -
     starts = {(m["minute"], m["late_key"]) for m in minutes.values() if m["metric"] == ""}
     assert {(-120_000, ""), (-60_000, ""), (0, ""), (-3_660_000, "neg-3")} <= starts
     hours = {r["hour"] for r in flink_rows["late_hours"] if r["environment"] == EDGE_ENV}
-    assert hours == {-7_200_000}
+    # Floored hours: the late -3,660,000 in -7,200,000, -120,000 in -3,600,000; every edge
+    # event was received long after its hour ended, so each hour is recorded (F73).
+    assert hours == {-7_200_000, -3_600_000, 0}
