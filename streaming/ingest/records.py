@@ -96,8 +96,8 @@ def _pack(
         raise Rejected(
             413,
             f"Item too large: the item of customer {item.customerId[:64]!r} with key "
-            f"{str(key_name)[:64]!r} is {exc.size} bytes encoded (at most "
-            f"{MAX_RECORD_BYTES} per item)",
+            f"{str(key_name)[:64]!r} needs a record of {exc.size} bytes encoded, batch "
+            f"envelope included (at most {MAX_RECORD_BYTES} per record)",
             "too_large",
             retryable=False,
         ) from None
