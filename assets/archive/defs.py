@@ -33,6 +33,10 @@ from assets.resources import ArchiveStoreResource, WarehouseResource
 from assets.sources import usage_events
 
 ARCHIVE_THREADS = 2
+# One archive run at a time per instance: the late-events sensor and the daily schedule may
+# ask for the same day at once, and two archives of one hour race for its manifest. Set this
+# pool's limit to 1 (content-named files keep either outcome restorable; this avoids the work).
+ARCHIVE_POOL = "cold_archive"
 
 
 class ArchiveConfig(Config):
@@ -51,6 +55,7 @@ def crypto_for(store: ArchiveStoreResource) -> ArchiveCrypto:
     group_name="archive",
     deps=[usage_events],
     kinds={"s3", "parquet"},
+    pool=ARCHIVE_POOL,
     retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL),
     description="The day's deduplicated raw events as Parquet (zstd) at "
     "s3://<bucket>/events/env=<env>/date=<day>/hour=<HH>/, SSE-KMS on the object and Parquet "

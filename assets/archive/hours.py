@@ -1,9 +1,13 @@
 """Archiving one (environment, hour) of raw events, verifying it, and reading it back.
 
-Layout: ``s3://<bucket>/events/env=<environment>/date=<YYYY-MM-DD>/hour=<HH>/events.parquet``
-with ``manifest.json`` next to it. Both are stored with SSE-KMS under the archive key; the
-Parquet file is also encrypted inside (modular encryption, see encryption.py), so it stays
-unreadable even to whoever can read the bucket but not use the KMS keys.
+Layout: ``s3://<bucket>/events/env=<environment>/date=<YYYY-MM-DD>/hour=<HH>/events-<sha>.parquet``
+(``<sha>``: the first 16 hex digits of the file's sha256) with ``manifest.json`` next to it,
+naming the file. A write never replaces a verified file: the manifest is put only after its
+own file is verified, so whichever manifest is in the bucket names intact bytes (archives
+written before kept the fixed name ``events.parquet``; their manifests name it). Both are
+stored with SSE-KMS under the archive key; the Parquet file is also encrypted inside (modular
+encryption, see encryption.py), so it stays unreadable even to whoever can read the bucket but
+not use the KMS keys.
 
 A content fingerprint that ClickHouse and pyarrow both compute exactly (row count, sum of
 event times in ms, total bytes of the idempotency keys) ties the archive to the hot data:
@@ -83,8 +87,10 @@ def hour_prefix(environment: str, hour: datetime) -> str:
     return f"{PREFIX}env={environment}/date={hour:%Y-%m-%d}/hour={hour:%H}/"
 
 
-def object_key(environment: str, hour: datetime) -> str:
-    return hour_prefix(environment, hour) + "events.parquet"
+def object_key(environment: str, hour: datetime, sha256: str) -> str:
+    """Named by its content: two archives of one hour (two runs at once, a force re-archive
+    killed half-way) never overwrite each other's verified file."""
+    return hour_prefix(environment, hour) + f"events-{sha256[:16]}.parquet"
 
 
 def manifest_key(environment: str, hour: datetime) -> str:
@@ -231,14 +237,15 @@ def archive_hour(
             f"{got} vs {expected}; run the archive again"
         )
     body = encode_parquet(table, crypto)
-    key = object_key(environment, hour)
+    sha256 = hashlib.sha256(body).hexdigest()
+    key = object_key(environment, hour, sha256)
     manifest = Manifest(
         environment=environment,
         hour=hour.isoformat(),
         object_key=key,
         rows=got.rows,
         bytes=len(body),
-        sha256=hashlib.sha256(body).hexdigest(),
+        sha256=sha256,
         sum_event_time_ms=got.sum_event_time_ms,
         sum_key_bytes=got.sum_key_bytes,
         compression="zstd",

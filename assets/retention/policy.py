@@ -2,8 +2,9 @@
 
 Hot tier: ``usage_events`` and ``usage_minute`` are partitioned by day. A day older than
 ``settings.retention.hot_days`` is dropped only when EVERY (environment, hour) that ClickHouse
-holds for it has a verified archive whose content fingerprint equals ClickHouse's right now
-and whose object is still in the bucket; otherwise the day is kept and the refusal logged.
+holds for it has a verified archive whose content fingerprint equals ClickHouse's right now,
+and the bucket's ``manifest.json`` (what a restore reads) still names that verified object,
+which is there with the manifest's size; otherwise the day is kept and the refusal logged.
 ``usage_minute`` (derived from the raw events) follows its day of ``usage_events``.
 
 Cold tier: archive objects of days older than ``settings.retention.archive_days`` are deleted
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from assets.archive.hours import (
     PREFIX,
     Fingerprint,
+    RecordedManifest,
     hot_fingerprints,
+    read_manifest,
     recorded_manifests,
 )
 from assets.partitions import ch_time
@@ -61,16 +64,45 @@ def hot_days(client: Client, db: str, table: str) -> list[date]:
     return [datetime.strptime(p, "%Y%m%d").date() for (p,) in rows]
 
 
-def _object_exists(s3: Any, bucket: str, key: str) -> bool:
+def _object_size(s3: Any, bucket: str, key: str) -> int | None:
+    """The object's size in bytes, None if it is not there."""
     from botocore.exceptions import ClientError
 
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
+        return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
     except ClientError as exc:
         if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise
+
+
+def restorable_problem(
+    s3: Any, bucket: str, env: str, hour: datetime, known: RecordedManifest
+) -> str | None:
+    """Why a restore of the hour would not read the archive ``known`` records, or None.
+
+    A restore follows the bucket's manifest, not ClickHouse's record of it: the manifest
+    must be verified and name the recorded file, which must be there with its size.
+    """
+    try:
+        stored = read_manifest(s3, bucket, env, hour)
+    except (ValueError, TypeError) as exc:  # not JSON, or not a manifest's fields
+        return f"its manifest.json is unreadable ({exc})"
+    if stored is None:
+        return f"{known.object_key}: its manifest.json is missing"
+    if not stored.verified:
+        return f"its manifest.json names {stored.object_key}, never verified"
+    if stored.object_key != known.object_key or stored.sha256 != known.sha256:
+        return (
+            f"its manifest.json names {stored.object_key} (sha256 {stored.sha256[:16]}), "
+            f"not the verified archive {known.object_key} (sha256 {known.sha256[:16]})"
+        )
+    size = _object_size(s3, bucket, known.object_key)
+    if size is None:
+        return f"{known.object_key} is missing"
+    if size != stored.bytes:
+        return f"{known.object_key} holds {size} bytes, its manifest {stored.bytes}"
+    return None
 
 
 def minute_hours(
@@ -110,10 +142,11 @@ def decide(client: Client, db: str, s3: Any, bucket: str, day: date) -> DayDecis
                 len(needed),
                 rows,
             )
-        if not _object_exists(s3, bucket, known.object_key):
-            return DayDecision(
-                day, False, f"{label}: {known.object_key} is missing", len(needed), rows
-            )
+        problem = restorable_problem(s3, bucket, env, hour, known)
+        if problem:
+            # The day is kept: archiving it again writes a verified file and its manifest.
+            fix = f"re-archive the day (cold_archive, partition {day:%Y-%m-%d}, config force: true)"
+            return DayDecision(day, False, f"{label}: {problem}; {fix}", len(needed), rows)
     return DayDecision(day, True, "every hour archived and verified", len(needed), rows)
 
 

@@ -241,8 +241,8 @@ def _dagster_prepare(s: Settings) -> None:
         "telemetry:\n  enabled: false\n"
         "concurrency:\n"
         "  runs:\n    max_concurrent_runs: 2\n"
-        # Pools are opt-in per asset: only `published_usage` declares one, and two publishes
-        # of one hour must never run at once (assets/publish/ledger.py).
+        # Pools are opt-in per asset: `published_usage` declares one (two publishes of one
+        # hour must never run at once, assets/publish/ledger.py), `cold_archive` another.
         "  pools:\n    default_limit: 1\n"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,13 @@ import pytest
 from dagster import AssetSelection
 
 from assets.archive.encryption import ArchiveCrypto, AwsKmsClient
-from assets.archive.hours import EVENT_COLUMNS, Manifest, manifest_key, object_key
+from assets.archive.hours import (
+    EVENT_COLUMNS,
+    Manifest,
+    fetch_verified,
+    manifest_key,
+    read_manifest,
+)
 from assets.partitions import day_key
 from assets.quality.checks import compare_archive
 from byoc_platform.clients import kms, s3
@@ -112,9 +119,10 @@ def test_archive_is_encrypted_under_kms_and_unreadable_without_it(
     settings = infra.settings
     day, events, result = _archived_day(infra, ch, env, config_file)
     hour = min(events)
-    key = object_key(env, hour)
-    assert key == f"events/env={env}/date={day:%Y-%m-%d}/hour={hour:%H}/events.parquet"
     client = s3(settings)
+    key = read_manifest(client, settings.s3.archive_bucket, env, hour).object_key
+    prefix = f"events/env={env}/date={day:%Y-%m-%d}/hour={hour:%H}/"
+    assert re.fullmatch(re.escape(prefix) + r"events-[0-9a-f]{16}\.parquet", key), key
 
     head = client.head_object(Bucket=settings.s3.archive_bucket, Key=key)
     assert head["ServerSideEncryption"] == "aws:kms"
@@ -167,11 +175,9 @@ def test_archive_is_encrypted_under_kms_and_unreadable_without_it(
 def test_pii_columns_need_the_pii_key(infra, env, ch, config_file):
     settings = infra.settings
     _day, events, _ = _archived_day(infra, ch, env, config_file, hours=(5,), rows=50)
-    body = (
-        s3(settings)
-        .get_object(Bucket=settings.s3.archive_bucket, Key=object_key(env, min(events)))["Body"]
-        .read()
-    )
+    client, bucket = s3(settings), settings.s3.archive_bucket
+    key = read_manifest(client, bucket, env, min(events)).object_key
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     class NoPiiKms(AwsKmsClient):
         """A KMS grant that covers the archive key but not the PII key."""
@@ -215,6 +221,28 @@ def test_archive_check_catches_rows_that_arrived_after_archiving(infra, env, ch,
     # Unchanged hours are not rewritten.
     third = run(ARCHIVE, day_key(day), config_file)
     assert metadata(third, "cold_archive")["hours_already_current"] == 1
+
+
+def test_a_second_archive_of_an_hour_leaves_the_first_restorable(infra, env, ch, config_file):
+    """Two archives of one hour (the late-events sensor and the daily schedule at once, or a
+    forced re-archive killed before its manifest) used to write the same object: the first
+    run's manifest, put last, then named bytes it was not verified with, and retention
+    dropped an hour no restore could read (F61). Each file is now named by its content."""
+    day, events, _ = _archived_day(infra, ch, env, config_file, hours=(11,), rows=30)
+    hour = min(events)
+    client, bucket = s3(infra.settings), infra.settings.s3.archive_bucket
+    first = read_manifest(client, bucket, env, hour)
+
+    force = {"ops": {"cold_archive": {"config": {"force": True}}}}
+    assert run(ARCHIVE, day_key(day), config_file, force).success
+    second = read_manifest(client, bucket, env, hour)
+    assert second.object_key != first.object_key and second.sha256 != first.sha256
+    # The first run's manifest landing last (the race's other order) still names its file.
+    client.put_object(Bucket=bucket, Key=manifest_key(env, hour), Body=first.to_json())
+
+    crypto = _crypto(kms(infra.settings), infra.settings)
+    for manifest in (first, second, read_manifest(client, bucket, env, hour)):
+        assert fetch_verified(client, bucket, manifest, crypto).num_rows == 30
 
 
 def test_restore_brings_the_rows_back(infra, env, ch, config_file):

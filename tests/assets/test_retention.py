@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from dagster import AssetSelection
 
-from assets.archive.hours import object_key, read_manifest
+from assets.archive.hours import manifest_key, read_manifest
 from assets.partitions import day_key, hour_key
 from assets.quality.checks import compare_archive
 from assets.retention.policy import hot_days
@@ -86,9 +86,10 @@ def test_retention_drops_only_verified_archived_days(infra, env, ch, tmp_path):
     assert ("refuse_drop", unarchived.date()) in logged
     # The archive of the dropped day is still there, and its check accepts the retired hours.
     client = s3(infra.settings)
+    bucket = infra.settings.s3.archive_bucket
     client.head_object(
-        Bucket=infra.settings.s3.archive_bucket,
-        Key=object_key(env, archived + timedelta(hours=1)),
+        Bucket=bucket,
+        Key=read_manifest(client, bucket, env, archived + timedelta(hours=1)).object_key,
     )
     comparison = compare_archive(ch, "byoc", archived)
     assert comparison.retired and comparison.passed and comparison.archive_rows >= 60
@@ -97,13 +98,11 @@ def test_retention_drops_only_verified_archived_days(infra, env, ch, tmp_path):
 def test_retention_expires_archives_older_than_the_archive_policy(infra, env, ch, tmp_path):
     day = fresh_day(1, 15)
     insert_events(ch, "byoc", env, make_events(day + timedelta(hours=4), 20, seed=4))
-    policy = settings_file(
-        tmp_path, infra.settings, retention={"hot_days": 3650, "archive_days": 60}
-    )
+    policy = settings_file(tmp_path, infra.settings, retention={"hot_days": 3650, "archive_days": 60})
     assert run(ARCHIVE, day_key(day), policy).success
-    key = object_key(env, day + timedelta(hours=4))
     client = s3(infra.settings)
     bucket = infra.settings.s3.archive_bucket
+    key = read_manifest(client, bucket, env, day + timedelta(hours=4)).object_key
     client.head_object(Bucket=bucket, Key=key)
 
     # Evaluated 59 days later: kept. 61 days later: expired.
@@ -136,6 +135,48 @@ def test_retention_expires_archives_older_than_the_archive_policy(infra, env, ch
         parameters={"e": env},
     )
     assert status == "expired"
+
+
+def test_retention_keeps_a_day_whose_archive_a_restore_could_not_read(infra, env, ch, tmp_path):
+    """ClickHouse's record of a verified archive is not enough: a restore reads the bucket's
+    manifest and the file it names. A day whose file was overwritten, or whose manifest was
+    deleted, used to be dropped all the same, its hours then lost (F61)."""
+    overwritten, unlisted = fresh_day(1, 15), fresh_day(1, 15)
+    for day in (overwritten, unlisted):
+        insert_events(ch, "byoc", env, make_events(day + timedelta(hours=6), 20, seed=6))
+        minute_rows_from_events(ch, "byoc", env, day, day + timedelta(days=1))
+    policy = settings_file(
+        tmp_path, infra.settings, retention={"hot_days": 30, "archive_days": 3650}
+    )
+    client = s3(infra.settings)
+    bucket = infra.settings.s3.archive_bucket
+    for day in (overwritten, unlisted):
+        assert run(ARCHIVE, day_key(day), policy).success
+    hour = overwritten + timedelta(hours=6)
+    key = read_manifest(client, bucket, env, hour).object_key
+    client.put_object(Bucket=bucket, Key=key, Body=b"not the archive")
+    client.delete_object(Bucket=bucket, Key=manifest_key(env, unlisted + timedelta(hours=6)))
+    now = max(overwritten, unlisted) + timedelta(days=31)
+    at = {"ops": {"retention": {"config": {"now": now.isoformat()}}}}
+
+    result = run(RETENTION, None, policy, at)
+
+    assert result.success
+    for day in (overwritten, unlisted):
+        assert rows_of(ch, env, day)["usage_events"] == 20
+    refused = {d["day"]: d["reason"] for d in metadata(result, "retention")["refused_days"]}
+    assert "holds 15 bytes, its manifest" in refused[str(overwritten.date())]
+    assert "manifest.json is missing" in refused[str(unlisted.date())]
+    for day in (overwritten, unlisted):
+        assert "config force: true" in refused[str(day.date())]
+
+    # The fix the refusal names: the day archived again (forced), then dropped.
+    force = {"ops": {"cold_archive": {"config": {"force": True}}}}
+    assert run(ARCHIVE, day_key(overwritten), policy, force).success
+    again = run(RETENTION, None, policy, at)
+    dropped = {d["day"] for d in metadata(again, "retention")["dropped_days"]}
+    assert str(overwritten.date()) in dropped and str(unlisted.date()) not in dropped
+    assert rows_of(ch, env, overwritten)["usage_events"] == 0
 
 
 def _rollup_of(ch, env, hour) -> dict:

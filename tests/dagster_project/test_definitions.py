@@ -83,6 +83,7 @@ def test_checks_are_attached_where_they_guard():
     assert checks[("hourly_usage_rollup", "rollup_reconciles_with_raw_events")].blocking
     assert not checks[("hourly_usage_rollup", "rollup_expectations")].blocking
     assert _node("published_usage").pools == {"control_plane_publish"}
+    assert _node("cold_archive").pools == {"cold_archive"}
 
 
 def test_jobs_schedules_and_sensor():
