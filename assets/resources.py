@@ -94,18 +94,14 @@ class ArchiveStoreResource(PlatformResource):
 
     def _boto3(self, service: str) -> Any:
         import boto3
-        from botocore.config import Config
 
-        from byoc_platform.clients import boto3_kwargs
+        from byoc_platform.clients import boto3_config, boto3_kwargs
 
         kwargs = boto3_kwargs(self.settings, service)
         if self.credentials == "default_chain":
             kwargs.pop("aws_access_key_id")
             kwargs.pop("aws_secret_access_key")
-        config = Config(retries={"max_attempts": 5, "mode": "standard"})
-        if service == "s3":
-            config = config.merge(Config(s3={"addressing_style": "path"}))
-        return boto3.client(service, config=config, **kwargs)
+        return boto3.client(service, config=boto3_config(service), **kwargs)
 
     def s3(self) -> Any:
         return self._boto3("s3")

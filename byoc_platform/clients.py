@@ -118,20 +118,36 @@ def boto3_kwargs(settings: Settings, service: str) -> dict[str, Any]:
     }
 
 
-def s3(settings: Settings) -> Any:
-    import boto3
+# Bounded waits for S3 and KMS (botocore's defaults: 60 s to connect, 60 s per read, so a KMS
+# that accepts connections but never answers held `byoc archive restore` silent for minutes,
+# F62). A read timeout is per socket read, not per request: large uploads are unaffected.
+# KMS calls are small and answer in milliseconds; S3 may wait on its own KMS call per object.
+BOTO_CONNECT_TIMEOUT_S = 5
+BOTO_READ_TIMEOUT_S = {"kms": 10, "s3": 30}
+BOTO_MAX_ATTEMPTS = {"kms": 2, "s3": 3}  # the first try included
+
+
+def boto3_config(service: str) -> Any:
+    """The botocore Config of the platform's ``service`` ("s3" or "kms") clients."""
     from botocore.config import Config
 
-    return boto3.client(
-        "s3",
-        config=Config(
-            retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}
-        ),
-        **boto3_kwargs(settings, "s3"),
+    config = Config(
+        connect_timeout=BOTO_CONNECT_TIMEOUT_S,
+        read_timeout=BOTO_READ_TIMEOUT_S[service],
+        retries={"max_attempts": BOTO_MAX_ATTEMPTS[service], "mode": "standard"},
     )
+    if service == "s3":
+        config = config.merge(Config(s3={"addressing_style": "path"}))
+    return config
+
+
+def s3(settings: Settings) -> Any:
+    import boto3
+
+    return boto3.client("s3", config=boto3_config("s3"), **boto3_kwargs(settings, "s3"))
 
 
 def kms(settings: Settings) -> Any:
     import boto3
 
-    return boto3.client("kms", **boto3_kwargs(settings, "kms"))
+    return boto3.client("kms", config=boto3_config("kms"), **boto3_kwargs(settings, "kms"))

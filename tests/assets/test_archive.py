@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -283,6 +284,29 @@ def test_restore_brings_the_rows_back(infra, env, ch, config_file):
         parameters=params,
     ).result_rows
     assert after == before and len(after) == 120
+
+
+@pytest.mark.timeout(150)  # botocore's defaults held the restore 5 to 7 minutes (F62)
+def test_restore_with_a_kms_that_never_answers_fails_on_a_timeout(
+    infra, env, ch, config_file, tmp_path
+):
+    """A KMS that accepts connections and never answers (a stopped process, a black-holed
+    proxy): the restore ends with an error naming the KMS and the timeout."""
+    _day, events, _ = _archived_day(infra, ch, env, config_file)
+    # Listening, never accepting: the kernel completes the handshake, nothing is ever read.
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        settings = infra.settings.model_copy(update={"data_dir": tmp_path})
+        config = settings_file(tmp_path, settings, kms={"endpoint": endpoint})
+        hour = min(events).strftime("%Y-%m-%dT%H")
+        configured = {**os.environ, "BYOC_CONFIG_FILE": config}
+
+        done = _restore("--hour", hour, "--env", env, env=configured)
+
+    assert done.returncode == 1, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"KMS {endpoint}" in said and "Read timeout" in said, said
+    assert "Traceback" not in said
 
 
 def test_restore_of_an_hour_without_archive_fails_clearly(infra, config_file):
