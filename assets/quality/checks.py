@@ -23,7 +23,7 @@ from assets.meters import fetch_feature_ids
 from assets.partitions import DAILY, HOURLY, day_start, hour_start, quietly
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import read_rollup
+from assets.rollups.compute import latest_revision, read_rollup
 from assets.rollups.defs import hourly_usage_rollup
 
 
@@ -69,7 +69,7 @@ def rollup_reconciles_with_raw_events(
     asset=hourly_usage_rollup,
     partitions_def=HOURLY,
     description="Great Expectations suite: non-null keys, non-negative values, at least one "
-    "event per row, feature ids the catalog holds.",
+    "event per row, feature ids the catalog holds or the revision's meters kept.",
 )
 def rollup_expectations(
     context: AssetCheckExecutionContext,
@@ -81,11 +81,19 @@ def rollup_expectations(
     from assets.quality.expectations import validate_rollup
 
     rows, hours = [], []
+    # The features each hour's revision rolled up: besides the catalog's, those deleted since
+    # whose billed usage the rollup keeps (F36) are allowed too.
+    recorded: set[str] = set()
     with warehouse.client() as client:
         for key in context.partition_keys:
-            found = read_rollup(client, warehouse.database, hour_start(key))
+            hour = hour_start(key)
+            latest = latest_revision(client, warehouse.database, hour)
+            if latest is None:
+                continue
+            found = read_rollup(client, warehouse.database, hour, latest.revision)
             rows += found
-            hours += [hour_start(key)] * len(found)
+            hours += [hour] * len(found)
+            recorded |= {f"{env}/{m.feature_id}" for env, ms in latest.meters.items() for m in ms}
     frame = pd.DataFrame(
         [r.__dict__ for r in rows],
         columns=[
@@ -102,11 +110,11 @@ def rollup_expectations(
     )
     frame["hour"] = pd.Series(hours, dtype="datetime64[ns, UTC]")
     frame["env_feature"] = frame["environment"] + "/" + frame["feature_id"]
-    allowed: list[str] = []
+    allowed = set(recorded)
     with control_plane.catalog() as catalog:
         for env in sorted(frame["environment"].unique()):
-            allowed += [f"{env}/{f}" for f in fetch_feature_ids(catalog, env)]
-    result = validate_rollup(frame, allowed)
+            allowed |= {f"{env}/{f}" for f in fetch_feature_ids(catalog, env)}
+    result = validate_rollup(frame, sorted(allowed))
     return AssetCheckResult(
         passed=result.success,
         severity=AssetCheckSeverity.ERROR,

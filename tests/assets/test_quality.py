@@ -1,4 +1,5 @@
-"""The freshness check of the source and the coverage asset, each on a database of its own."""
+"""The freshness check of the source, the coverage asset and the rollup's expectations, each on
+a database of its own."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ import pytest
 from dagster import AssetSelection
 
 from assets.partitions import floor_hour, hour_key
+from assets.rollups.compute import read_rollup
+from byoc_platform.control_plane.client import ControlPlaneClient
 from byoc_platform.warehouse_schema import apply_migrations
 from tests.assets.conftest import checks, metadata, run
-from tests.assets.usage_data import EVENT_COLUMNS, insert_events, make_events, settings_file
+from tests.assets.usage_data import (
+    EVENT_COLUMNS,
+    fresh_hour,
+    insert_events,
+    make_events,
+    settings_file,
+)
 
 pytestmark = pytest.mark.integration
+
+ROLLUP = AssetSelection.assets("hourly_usage_rollup")  # with its checks
 
 
 @pytest.fixture
@@ -75,3 +86,25 @@ def test_coverage_reports_hours_not_rolled_up_and_stale_after_late_events(env, c
     table = meta["hours"]
     assert f"| {missed:%Y-%m-%d %H}:00 | 20 | NO |" in table
     assert f"| {rolled:%Y-%m-%d %H}:00 | 20 | yes | STALE |" in table
+
+
+def test_rollup_expectations_accept_the_kept_meters_of_a_deleted_feature(
+    infra, env, ch, own_database
+):
+    """A re-rollup keeps the meters of features deleted since the hour was billed (F36); the
+    suite allowed only the catalog's features and failed on them (F63)."""
+    db, config = own_database
+    hour = fresh_hour()
+    insert_events(ch, db, env, make_events(hour, 40, seed=31))
+    first = run(ROLLUP, hour_key(hour), config)
+    assert first.success and checks(first)["rollup_expectations"].passed
+    with ControlPlaneClient.from_settings(infra.settings) as cp:
+        assert cp.delete_entity(env, "feature", "feature-tokens") is not None
+
+    again = run(ROLLUP, hour_key(hour), config)
+
+    assert again.success
+    assert "feature-tokens" in {r.feature_id for r in read_rollup(ch, db, hour)}
+    expectations = checks(again)["rollup_expectations"]
+    assert expectations.passed, expectations.metadata["results"].value
+
