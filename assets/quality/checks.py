@@ -68,8 +68,8 @@ def rollup_reconciles_with_raw_events(
 @partitioned_check(
     asset=hourly_usage_rollup,
     partitions_def=HOURLY,
-    description="Great Expectations suite: non-null keys, non-negative values, at least one "
-    "event per row, feature ids the catalog holds or the revision's meters kept.",
+    description="Great Expectations suite: non-null, non-empty keys, non-negative values, at "
+    "least one event per row, feature ids the catalog holds or the revision's meters kept.",
 )
 def rollup_expectations(
     context: AssetCheckExecutionContext,

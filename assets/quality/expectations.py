@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 KEY_COLUMNS = ("environment", "customer_id", "feature_id", "hour")
+# Non-Nullable String columns: a missing value is '', never null, so they must not be empty.
+TEXT_KEY_COLUMNS = ("environment", "customer_id", "feature_id")
 
 
 @dataclass
@@ -28,7 +30,8 @@ class SuiteResult:
 def validate_rollup(frame: pd.DataFrame, allowed_features: list[str]) -> SuiteResult:
     """Run the rollup suite on ``frame`` (columns of usage_hourly plus ``env_feature``).
 
-    ``allowed_features``: "environment/feature_id" pairs the catalog holds.
+    ``allowed_features``: "environment/feature_id" pairs the catalog holds, and those of
+    deleted features whose meters the rollup keeps.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -44,6 +47,8 @@ def validate_rollup(frame: pd.DataFrame, allowed_features: list[str]) -> SuiteRe
     suite = gx.ExpectationSuite(name="hourly_usage_rollup")
     for column in KEY_COLUMNS:
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    for column in TEXT_KEY_COLUMNS:
+        suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
     suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0))
     suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="events", min_value=1))
     suite.add_expectation(

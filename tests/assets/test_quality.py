@@ -16,6 +16,7 @@ from byoc_platform.warehouse_schema import apply_migrations
 from tests.assets.conftest import checks, metadata, run
 from tests.assets.usage_data import (
     EVENT_COLUMNS,
+    Event,
     fresh_hour,
     insert_events,
     make_events,
@@ -108,3 +109,20 @@ def test_rollup_expectations_accept_the_kept_meters_of_a_deleted_feature(
     expectations = checks(again)["rollup_expectations"]
     assert expectations.passed, expectations.metadata["results"].value
 
+
+def test_rollup_expectations_fail_on_an_empty_key(env, ch, own_database):
+    """Keys are non-Nullable strings: a missing customer is '', which "not null" let through
+    (F64)."""
+    db, config = own_database
+    hour = fresh_hour()
+    nobody = Event("", "api_call", "k-no-customer", hour + timedelta(minutes=5))
+    insert_events(ch, db, env, [*make_events(hour, 10, seed=41), nobody])
+
+    result = run(ROLLUP, hour_key(hour), config)
+
+    expectations = checks(result)["rollup_expectations"]
+    assert not expectations.passed
+    failed = [r for r in expectations.metadata["results"].value if not r["success"]]
+    assert [(r["expectation"], r["column"]) for r in failed] == [
+        ("expect_column_value_lengths_to_be_between", "customer_id")
+    ]
