@@ -240,6 +240,17 @@ class RetentionSettings(BaseModel):
     archive_days: int = Field(default=400, ge=1)
     rollup_lag_minutes: int = Field(default=10, ge=0)
 
+    @model_validator(mode="after")
+    def _archives_outlive_hot_days(self) -> RetentionSettings:
+        # Otherwise a day's archive expired while the day was still hot, and retention then
+        # refused to drop it forever ("no verified archive"): the hot tier grew without bound.
+        if self.archive_days <= self.hot_days:
+            raise ValueError(
+                f"retention.archive_days ({self.archive_days}) must be greater than "
+                f"retention.hot_days ({self.hot_days}): a day's archive must outlive its hot data"
+            )
+        return self
+
 
 class QualitySettings(BaseModel):
     # The freshness check of usage_events fails when nothing was ingested for this long.

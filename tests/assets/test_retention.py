@@ -98,7 +98,7 @@ def test_retention_drops_only_verified_archived_days(infra, env, ch, tmp_path):
 def test_retention_expires_archives_older_than_the_archive_policy(infra, env, ch, tmp_path):
     day = fresh_day(1, 15)
     insert_events(ch, "byoc", env, make_events(day + timedelta(hours=4), 20, seed=4))
-    policy = settings_file(tmp_path, infra.settings, retention={"hot_days": 3650, "archive_days": 60})
+    policy = settings_file(tmp_path, infra.settings, retention={"hot_days": 59, "archive_days": 60})
     assert run(ARCHIVE, day_key(day), policy).success
     client = s3(infra.settings)
     bucket = infra.settings.s3.archive_bucket

@@ -66,6 +66,20 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
         Settings()
 
 
+def test_archives_must_outlive_the_hot_days(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives expiring while their day was hot left retention refusing it forever (F65)."""
+    monkeypatch.setenv("BYOC_RETENTION__HOT_DAYS", "30")
+    for archive_days in ("7", "30"):
+        monkeypatch.setenv("BYOC_RETENTION__ARCHIVE_DAYS", archive_days)
+        with pytest.raises(ValidationError) as refused:
+            Settings()
+        said = str(refused.value)
+        assert f"retention.archive_days ({archive_days})" in said
+        assert "retention.hot_days (30)" in said
+    monkeypatch.setenv("BYOC_RETENTION__ARCHIVE_DAYS", "31")
+    assert Settings().retention.archive_days == 31
+
+
 def test_unknown_setting_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "byoc.yaml"
     config.write_text("no_such_setting: 1\n")
