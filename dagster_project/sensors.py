@@ -4,24 +4,33 @@ The stream processor records every hour a late event lands in (``late_hours``, w
 receive time of the record). The sensor reads the rows recorded since its cursor and asks for
 a rollup + publish of each closed hour (the publish sends only the difference), and for a new
 archive of each day that was already archived (so retention never drops unarchived rows).
+
+The unfinished-hours sensor retries what a failed run left behind (a control-plane outage
+longer than the publish's own retries, a catalog read that failed during a rollup): recent
+hours with usage still pending in the publish ledger, or with events but no rollup.
 """
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from assets.partitions import HOURLY, day_key, hour_key
+from assets.partitions import HOURLY, ch_time, day_key, floor_hour, hour_key
 from assets.resources import WarehouseResource
 from dagster_project.jobs import archive_job, rollup_and_publish_job
 
 BATCH = 1000
+PARTITION_TAG = "dagster/partition"  # the tag Dagster gives a partitioned run
 
 
 @sensor(
@@ -93,4 +102,96 @@ def late_events_sensor(
     return SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-SENSORS = [late_events_sensor]
+# The retry sensor looks this far back: an hour still unfinished after a week needs a person.
+RETRY_LOOKBACK = timedelta(days=7)
+# An hour is retried only this long after its scheduled run (lag included) could have
+# finished, so that the sensor never races the hourly schedule or its step retries.
+RETRY_SETTLE = timedelta(hours=1)
+# At most this many hours per tick, oldest first: a long outage is caught up gradually.
+RETRIES_PER_TICK = 4
+ACTIVE = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> list[datetime]:
+    """Hours in [start, end), oldest first, with usage the control plane has not acknowledged
+    (``pending`` publish ledger rows) or with raw events but no rollup revision (a rollup
+    that failed, e.g. while the catalog was unreachable)."""
+    bounds = {"start": ch_time(start), "end": ch_time(end)}
+    rows = client.query(
+        f"""
+        SELECT hour FROM (
+            SELECT hour, status FROM {db}.usage_published FINAL
+            WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}
+        )
+        WHERE status = 'pending'
+        UNION DISTINCT
+        SELECT toStartOfHour(toDateTime(event_time, 'UTC')) AS hour FROM {db}.usage_events
+        WHERE event_time >= {{start:DateTime('UTC')}} AND event_time < {{end:DateTime('UTC')}}
+          AND hour NOT IN (
+            SELECT hour FROM {db}.usage_hourly_revisions
+            WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}
+          )
+        """,
+        parameters=bounds,
+    ).result_rows
+    return sorted({r[0].replace(tzinfo=UTC) for r in rows})
+
+
+def partitions_in_progress(context: SensorEvaluationContext) -> set[str]:
+    """Hours a rollup + publish run is already queued or running for."""
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=rollup_and_publish_job.name, statuses=ACTIVE)
+    )
+    return {r.tags[PARTITION_TAG] for r in runs if PARTITION_TAG in r.tags}
+
+
+@sensor(
+    name="unfinished_hours",
+    jobs=[rollup_and_publish_job],
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Re-runs the rollup + publish of recent hours left unfinished by a failed run "
+    "(usage not acknowledged by the control plane, or events never rolled up), oldest first.",
+)
+def unfinished_hours_sensor(
+    context: SensorEvaluationContext, warehouse: WarehouseResource
+) -> SensorResult | SkipReason:
+    now = datetime.now(UTC)
+    lag = timedelta(minutes=warehouse.settings.retention.rollup_lag_minutes)
+    end = floor_hour(now - lag - RETRY_SETTLE)  # hours that closed lag + settle ago, exclusive
+    start = floor_hour(now) - RETRY_LOOKBACK
+    first = HOURLY.get_first_partition_window()
+    if first:
+        start = max(start, first.start)
+    with warehouse.client() as client:
+        hours = unfinished_hours(client, warehouse.database, start, end)
+    if not hours:
+        return SkipReason("no unfinished hours")
+    # One attempt per hour and per window (the current hour): the cursor remembers the hours
+    # requested in this window, so that a hour that keeps failing does not hold back the rest.
+    window = hour_key(floor_hour(now))
+    state = json.loads(context.cursor) if context.cursor else {}
+    tried = set(state.get("tried", [])) if state.get("window") == window else set()
+    busy = partitions_in_progress(context)
+    todo = [k for k in map(hour_key, hours) if k not in tried and k not in busy]
+    todo = todo[:RETRIES_PER_TICK]
+    requests = [
+        RunRequest(
+            job_name=rollup_and_publish_job.name,
+            partition_key=key,
+            run_key=f"retry:{key}:{window}",
+            tags={"byoc/trigger": "unfinished-hour"},
+        )
+        for key in todo
+    ]
+    context.log.info("unfinished hours: %d, %d runs requested", len(hours), len(requests))
+    cursor = json.dumps({"window": window, "tried": sorted(tried | set(todo))})
+    return SensorResult(run_requests=requests, cursor=cursor)
+
+
+SENSORS = [late_events_sensor, unfinished_hours_sensor]

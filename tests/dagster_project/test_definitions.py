@@ -90,7 +90,7 @@ def test_jobs_schedules_and_sensor():
     assert {j.name for j in defs.jobs} >= {"rollup_and_publish", "daily_archive", "daily_retention"}
     schedules = {s.name: s for s in defs.schedules}
     assert set(schedules) == {"hourly_rollup_and_publish", "daily_archive", "daily_retention"}
-    assert {s.name for s in defs.sensors} == {"late_events"}
+    assert {s.name for s in defs.sensors} == {"late_events", "unfinished_hours"}
 
 
 def test_hourly_schedule_rolls_up_the_hour_closed_a_lag_ago():
