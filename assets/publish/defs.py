@@ -148,7 +148,8 @@ def published_usage(
     if rejected:
         raise Failure(
             description=f"the control plane refused {len(rejected)} usages "
-            f"({rejected[0][1]}); they stay pending and are retried on the next run",
+            f"({rejected[0][1]}); they stay pending: the unfinished_hours sensor retries the "
+            "hour (e.g. once the catalog has the customer or feature)",
             metadata={
                 **metadata,
                 "rejected": MetadataValue.json(

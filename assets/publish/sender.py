@@ -3,8 +3,11 @@
 Bulks hold at most ``publish_bulk_size`` usages (Stigg's limit: 100) of ONE environment.
 Transient failures (connection errors, timeouts, HTTP 5xx/429) are retried with exponential
 backoff; re-sending is safe because every usage carries its idempotency key. A GraphQL error
-(e.g. CustomerNotFound) refuses a whole bulk: its usages are then sent one by one, and
-the refused ones are reported while the others go through.
+that refuses a usage itself (CustomerNotFound, FeatureNotFound, BadUserInput, ...) refuses a
+whole bulk: its usages are then sent one by one, and the refused ones are reported while the
+others go through. Any other GraphQL error (INTERNAL_SERVER_ERROR, RateLimitExceeded, an
+unknown code) is the control plane's own trouble, answered as HTTP 200 + ``errors``: it is
+retried like a transport error, and raised when the retries run out.
 """
 
 from __future__ import annotations
@@ -45,14 +48,51 @@ def bulks(entries: Iterable[Entry], size: int) -> list[list[Entry]]:
     return out
 
 
+# Stigg's error codes that refuse a usage for what it says (its customer, feature, resource
+# or value): sending it again cannot succeed until the catalog or the usage changes.
+REFUSAL_CODES = frozenset(
+    {
+        "BadUserInput",
+        "CustomerNotFound",
+        "CustomerResourceNotFound",
+        "FeatureNotFound",
+        "InvalidArgumentError",
+        "EntitlementUsageOutOfRangeError",
+        "UsageMeasurementDiffOutOfRangeError",
+        "CannotReportUsageForEntitlementWithMeterError",
+        "MeteringNotAvailableForFeatureType",
+        "UnsupportedFeatureType",
+        "NoFeatureEntitlementError",
+        "NoFeatureEntitlementInSubscription",
+    }
+)
+
+
+def error_codes(exc: Any) -> list[str]:
+    """The ``extensions.code`` of each error of a GraphQL error response ("" when absent)."""
+    return [str((e.extensions or {}).get("code", "")) for e in exc.errors]
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A GraphQL error refusing usages themselves (not a failure of the control plane)."""
+    from stigg.generated.exceptions import GraphQLClientGraphQLMultiError
+
+    return isinstance(exc, GraphQLClientGraphQLMultiError) and any(
+        code in REFUSAL_CODES for code in error_codes(exc)
+    )
+
+
 def _transient(exc: BaseException) -> bool:
     from stigg.generated.exceptions import (
+        GraphQLClientGraphQLMultiError,
         GraphQLClientHttpError,
         GraphQLClientInvalidResponseError,
     )
 
     if isinstance(exc, httpx.TransportError | GraphQLClientInvalidResponseError):
         return True
+    if isinstance(exc, GraphQLClientGraphQLMultiError):
+        return not is_refusal(exc)
     if isinstance(exc, GraphQLClientHttpError):
         return exc.status_code >= 500 or exc.status_code == 429
     return False
@@ -109,6 +149,8 @@ def send(
         try:
             response = retrying(client.report_usage_bulk, _bulk_input(bulk))
         except GraphQLClientGraphQLMultiError as exc:
+            if not is_refusal(exc):
+                raise  # still failing after the retries: the step fails (and is retried)
             if len(bulk) > 1:
                 # A bulk is accepted or refused whole: isolate the refused usages one by one
                 # so that one unknown customer does not hold back everyone else's usage.

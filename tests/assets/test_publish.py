@@ -212,3 +212,95 @@ def test_deleting_a_feature_does_not_cancel_the_usage_billed_under_it(infra, env
     assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
         {k: v for k, v in billed.items() if k != calls}
     )
+
+
+class _FlakyControlPlane:
+    """A loopback proxy before the control-plane stand-in that answers its first ``failures``
+    requests with a GraphQL error of the control plane's own (HTTP 200 + errors[], code
+    INTERNAL_SERVER_ERROR), then forwards; ``failures=-1`` answers every request so."""
+
+    ERROR = {"errors": [{"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        proxy = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.requests += 1
+                if failures < 0 or proxy.requests <= failures:
+                    status, reply = 200, json.dumps(proxy.ERROR).encode()
+                else:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    answer = httpx.post(upstream, content=body, headers=headers)
+                    status, reply = answer.status_code, answer.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/graphql"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pending_entries(ch, env, hour, config_file):
+    """The hour rolled up and its revisions recorded pending (a publish about to send)."""
+    from assets.rollups.compute import read_rollup
+
+    assert run(AssetSelection.assets("hourly_usage_rollup"), hour_key(hour), config_file).success
+    rows = read_rollup(ch, "byoc", hour)
+    targets = {r.key: r.value for r in rows if r.feature_id in ADDITIVE}
+    todo = plan(hour, targets, read_ledger(ch, "byoc", hour))
+    record(ch, "byoc", todo.new, "pending")
+    return [e for e in todo.new if e.environment == env]
+
+
+def test_a_transient_graphql_error_is_retried_not_taken_as_a_refusal(infra, env, ch, config_file):
+    """F67: HTTP 200 + errors[] with INTERNAL_SERVER_ERROR split every bulk into single sends
+    and reported the usages as refused (no step retry), as if the customer were unknown."""
+    from stigg.client import Stigg
+    from stigg.generated.exceptions import GraphQLClientGraphQLMultiError
+
+    hour = fresh_hour()
+    events = make_events(hour, 120, seed=41)
+    insert_events(ch, "byoc", env, events)
+    entries = _pending_entries(ch, env, hour, config_file)
+    cp = infra.settings.control_plane
+    flaky = _FlakyControlPlane(str(cp.api_url), failures=2)
+    try:
+        graphql = Stigg.create_client(cp.api_key, api_url=flaky.url, enable_edge=False)
+        result = send(graphql, entries, 100, on_sent=lambda bulk: None, max_wait_s=0.01)
+    finally:
+        flaky.close()
+
+    assert result.rejected == []
+    assert len(result.sent) == len(entries)
+    assert flaky.requests == 2 + result.bulks  # two failed attempts, then the bulks whole
+    assert control_plane_totals(infra.settings, env) == pytest.approx(additive(env, events))
+
+    # An incident longer than the retries fails the send (the step is retried), after
+    # `attempts` requests of the first bulk: nothing split, nothing reported as refused.
+    down = _FlakyControlPlane(str(cp.api_url), failures=-1)
+    try:
+        graphql = Stigg.create_client(cp.api_key, api_url=down.url, enable_edge=False)
+        with pytest.raises(GraphQLClientGraphQLMultiError, match="boom"):
+            send(graphql, entries, 100, on_sent=lambda bulk: None, attempts=3, max_wait_s=0.01)
+    finally:
+        down.close()
+    assert down.requests == 3
