@@ -54,20 +54,22 @@ def meters_for(
     return out
 
 
-def keep_deleted_features(
+def keep_previous_meters(
     meters: dict[str, list[MeterSpec]], previous: RollupRevision | None
 ) -> dict[str, list[MeterSpec]]:
-    """``meters`` plus the meters the hour's last revision rolled up for features the catalog
-    no longer has: deleting a feature must not make a re-rollup cancel the usage already
-    billed under it (the control plane refuses usage of an unknown feature, so the cancelling
-    deltas would also block the hour's publish)."""
+    """The meters to re-roll an hour with: for every feature the hour's last revision rolled
+    up, that revision's meter; the catalog's current meters only for features new to the hour.
+    A re-rollup (late events, a backfill) must not rewrite usage already billed: neither after
+    a feature was deleted (F36: the control plane refuses usage of an unknown feature, so the
+    cancelling deltas would also block the hour's publish) nor after its meter was edited
+    (F68: a new event name or field recomputes the whole hour and cancels what was billed)."""
     if previous is None:
         return meters
     out = {}
     for env, specs in meters.items():
-        current = {m.feature_id for m in specs}
-        kept = [m for m in previous.meters.get(env, []) if m.feature_id not in current]
-        out[env] = specs + kept
+        before = {m.feature_id: m for m in previous.meters.get(env, [])}
+        new = [m for m in specs if m.feature_id not in before]
+        out[env] = sorted(before.values()) + new
     return out
 
 
@@ -107,7 +109,7 @@ def hourly_usage_rollup(
             if retired:  # never a retry: the same data gives the same refusal
                 raise Failure(retired_problem(retired, "roll up"), allow_retries=False)
             present = environments_in(client, db, hour, hour + timedelta(hours=1))
-            meters = keep_deleted_features(
+            meters = keep_previous_meters(
                 meters_for(control_plane, present), latest_revision(client, db, hour)
             )
             header = rollup_hour(client, db, hour, meters)

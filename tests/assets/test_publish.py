@@ -304,3 +304,40 @@ def test_a_transient_graphql_error_is_retried_not_taken_as_a_refusal(infra, env,
     finally:
         down.close()
     assert down.requests == 3
+
+
+def test_editing_a_meter_does_not_rewrite_the_usage_billed_under_it(infra, env, ch, small_bulks):
+    """F68: a re-rollup recomputed the hour's features with their current meters: after a
+    meter's event name was edited, the hour's billed usage of the feature was cancelled."""
+    from byoc_platform.catalog import Feature, Meter
+
+    hour = fresh_hour()
+    events = make_events(hour, 60, seed=22)
+    insert_events(ch, "byoc", env, events)
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks).success
+    billed = control_plane_totals(infra.settings, env)
+    with ControlPlaneClient.from_settings(infra.settings) as cp:
+        edited = Meter(eventName="api_request", aggregation="COUNT")  # from now on
+        cp.put_entity(
+            env,
+            Feature(
+                id="feature-api-calls",
+                featureType="NUMBER",
+                meterType="Incremental",
+                meter=edited,
+            ),
+        )
+    customer, resource, _ = next(k for k in sorted(billed) if k[2] == "feature-api-calls")
+    at = hour + timedelta(minutes=59)
+    late = Event(customer, "api_call", "late-before-edit", at, resource_id=resource)
+    insert_events(ch, "byoc", env, [late])
+
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
+
+    assert result.success
+    after = control_plane_totals(infra.settings, env)
+    calls = (customer, resource, "feature-api-calls")
+    assert after[calls] == pytest.approx(billed[calls] + 1)  # the hour's meter: api_call
+    assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
+        {k: v for k, v in billed.items() if k != calls}
+    )
