@@ -21,7 +21,7 @@ from assets.publish.ledger import Entry, plan, read_ledger, record
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import read_rollup
+from assets.rollups.compute import latest_revision, read_rollup
 from assets.rollups.defs import hourly_usage_rollup
 
 # One publish at a time per instance: two concurrent publishes of one hour could both plan
@@ -44,11 +44,25 @@ class HourPublished:
     skipped: list[str]
 
 
+class StaleRollup(Exception):
+    """The revision to publish is no longer the hour's latest (or no longer has all its rows)."""
+
+
 def publish_hour(
     client: Any, db: str, graphql: Any, hour: datetime, revision: int, bulk_size: int
 ) -> HourPublished:
     """Bring the control plane's total of every key of ``hour`` to the rollup (see ledger.py)."""
     rows = read_rollup(client, db, hour, revision)
+    # A concurrent rollup of the hour may have replaced the revision since this run checked
+    # it, and deleted its rows: publishing what is left would cancel the hour's billed usage.
+    # Rows read in full (the header's count) while the revision is still the latest are safe.
+    latest = latest_revision(client, db, hour)
+    now_revision, now_rows = (latest.revision, latest.rows) if latest else (0, 0)
+    if now_revision != revision or now_rows != len(rows):
+        raise StaleRollup(
+            f"{hour_key(hour)}: rollup revision {revision} was replaced by revision "
+            f"{now_revision} ({len(rows)} of its rows left, the latest has {now_rows})"
+        )
     targets = {r.key: r.value for r in rows if r.aggregation in ADDITIVE}
     todo = plan(hour, targets, read_ledger(client, db, hour))
     record(client, db, todo.new, "pending")  # before sending: see ledger.py
@@ -110,11 +124,16 @@ def published_usage(
                 },
                 allow_retries=False,
             )
+        done: list[HourPublished] = []
+        stale: list[str] = []
         with control_plane.graphql() as graphql:
-            done = [
-                publish_hour(client, db, graphql, c.hour, c.revision or 0, bulk_size)
-                for c in checks
-            ]
+            for c in checks:
+                try:
+                    done.append(
+                        publish_hour(client, db, graphql, c.hour, c.revision or 0, bulk_size)
+                    )
+                except StaleRollup as exc:  # the other hours are still published
+                    stale.append(str(exc))
     sent = [e for h in done for e in h.sent]
     rejected = [r for h in done for r in h.rejected]
     metadata = {
@@ -145,6 +164,14 @@ def published_usage(
         "idempotency_keys": MetadataValue.json([e.idempotency_key for e in sent[:20]]),
         "duration_s": round(time.monotonic() - started, 3),
     }
+    if stale:
+        raise Failure(
+            description=f"{len(stale)} of {len(hours)} hours were rolled up again while this "
+            f"run published them ({stale[0]}); nothing of them was published, a retry "
+            "publishes their latest revision",
+            metadata={**metadata, "stale_hours": MetadataValue.json(stale)},
+            allow_retries=True,
+        )
     if rejected:
         raise Failure(
             description=f"the control plane refused {len(rejected)} usages "

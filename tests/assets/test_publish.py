@@ -341,3 +341,27 @@ def test_editing_a_meter_does_not_rewrite_the_usage_billed_under_it(infra, env, 
     assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
         {k: v for k, v in billed.items() if k != calls}
     )
+
+
+def test_publishing_a_revision_replaced_meanwhile_sends_nothing(infra, env, ch, config_file):
+    """F69: a multi-hour publish read a revision that a concurrent rollup had replaced and
+    deleted; its empty rows made every key's target 0 and cancelled the hour's billed usage."""
+    from assets.publish.defs import StaleRollup, publish_hour
+    from assets.rollups.compute import latest_revision
+
+    hour = fresh_hour()
+    insert_events(ch, "byoc", env, make_events(hour, 80, seed=23))
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    checked = latest_revision(ch, "byoc", hour)  # what the publish checked, then ...
+    assert checked is not None
+    billed = control_plane_totals(infra.settings, env)
+    ledger = read_ledger(ch, "byoc", hour)
+    # ... a concurrent rollup of the hour replaced it (and deleted its rows).
+    assert run(AssetSelection.assets("hourly_usage_rollup"), hour_key(hour), config_file).success
+
+    stale = pytest.raises(StaleRollup, match=f"revision {checked.revision} was replaced")
+    with ControlPlaneResource(config_file=config_file).graphql() as graphql, stale:
+        publish_hour(ch, "byoc", graphql, hour, checked.revision, 100)
+
+    assert control_plane_totals(infra.settings, env) == pytest.approx(billed)
+    assert read_ledger(ch, "byoc", hour) == ledger
