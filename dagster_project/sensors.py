@@ -10,7 +10,9 @@ longer than the publish's own retries, a catalog read that failed during a rollu
 hours with usage still pending in the publish ledger, or with events but no rollup.
 """
 
+import hashlib
 import json
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +32,63 @@ from assets.resources import WarehouseResource
 from dagster_project.jobs import archive_job, rollup_and_publish_job
 
 BATCH = 1000
+CURSOR_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# How far below its cursor the late-events sensor reads again, for rows written late.
+LATE_OVERLAP = timedelta(minutes=15)
 PARTITION_TAG = "dagster/partition"  # the tag Dagster gives a partitioned run
+
+
+def ch_time64(moment: datetime) -> str:
+    return moment.strftime(CURSOR_FORMAT)[:-3]
+
+
+def late_rows(client: Any, db: str, cursor: str) -> list[tuple[str, datetime, datetime]]:
+    """The ``late_hours`` rows recorded after ``cursor`` (a batch, oldest first), plus those
+    recorded up to ``LATE_OVERLAP`` before it. ``recorded_at`` is the receive time of the
+    record, not the time the row was written: rows reach the table out of that order (the
+    partitions flush apart, a processor replays after a crash), so a row can land below a
+    cursor that has moved on."""
+    query = (
+        f"SELECT environment, hour, recorded_at FROM {db}.late_hours FINAL "
+        "WHERE recorded_at > {since:DateTime64(3, 'UTC')} "
+        "AND recorded_at <= {until:DateTime64(3, 'UTC')} "
+        "ORDER BY recorded_at LIMIT {n:UInt32}"
+    )
+    rows = []
+    for since, until in ((overlap_start(cursor), cursor), (cursor, "2299-12-31 23:59:59.999")):
+        rows += client.query(
+            query, parameters={"since": since, "until": until, "n": BATCH}
+        ).result_rows
+    return [(env, hour.replace(tzinfo=UTC), at.replace(tzinfo=UTC)) for env, hour, at in rows]
+
+
+def overlap_start(cursor: str) -> str:
+    at = datetime.strptime(cursor, CURSOR_FORMAT).replace(tzinfo=UTC)
+    return ch_time64(max(at - LATE_OVERLAP, datetime(1970, 1, 1, tzinfo=UTC)))
+
+
+def row_id(row: tuple[str, datetime, datetime]) -> str:
+    env, hour, recorded_at = row
+    return f"{env}|{hour:%Y%m%dT%H}|{recorded_at:%Y%m%dT%H%M%S%f}"
+
+
+def read_cursor(cursor: str | None) -> tuple[str, set[str]]:
+    """(newest recorded_at seen, rows already handled within the overlap). A plain timestamp
+    is the cursor of the sensor before it read an overlap."""
+    if not cursor:
+        return "1970-01-01 00:00:00.000", set()
+    if not cursor.startswith("{"):
+        return cursor, set()
+    state = json.loads(cursor)
+    return state["at"], set(state["seen"])
+
+
+def run_key(prefix: str, key: str, rows: list[tuple[str, datetime, datetime]]) -> str:
+    """Unique per set of new rows: a row written late for an hour already asked for (with a
+    newer recorded_at) still gets a run."""
+    newest = max(r[2] for r in rows)
+    digest = hashlib.sha256("\n".join(sorted(map(row_id, rows))).encode()).hexdigest()[:12]
+    return f"{prefix}:{key}:{newest:%Y%m%dT%H%M%S%f}:{digest}"
 
 
 @sensor(
@@ -44,24 +102,19 @@ PARTITION_TAG = "dagster/partition"  # the tag Dagster gives a partitioned run
 def late_events_sensor(
     context: SensorEvaluationContext, warehouse: WarehouseResource
 ) -> SensorResult | SkipReason:
-    cursor = context.cursor or "1970-01-01 00:00:00.000"
+    cursor, seen = read_cursor(context.cursor)
     lag = timedelta(minutes=warehouse.settings.retention.rollup_lag_minutes)
     now = datetime.now(UTC)
     with warehouse.client() as client:
         db = warehouse.database
-        rows = client.query(
-            f"SELECT environment, hour, recorded_at FROM {db}.late_hours FINAL "
-            "WHERE recorded_at > {cursor:DateTime64(3, 'UTC')} "
-            "ORDER BY recorded_at LIMIT {n:UInt32}",
-            parameters={"cursor": cursor, "n": BATCH},
-        ).result_rows
+        read = late_rows(client, db, cursor)
+        rows = [r for r in read if row_id(r) not in seen]
         if not rows:
             return SkipReason("no late events since the last evaluation")
-        hours: dict[datetime, datetime] = {}
-        for _env, hour, recorded_at in rows:
-            hour = hour.replace(tzinfo=UTC)
-            hours[hour] = max(hours.get(hour, recorded_at), recorded_at)
-        days = sorted({h.replace(hour=0) for h in hours})
+        by_hour: dict[datetime, list[tuple[str, datetime, datetime]]] = defaultdict(list)
+        for row in rows:
+            by_hour[row[1]].append(row)
+        days = sorted({h.replace(hour=0) for h in by_hour})
         archived_days = {
             d[0]
             for d in client.query(
@@ -72,7 +125,7 @@ def late_events_sensor(
         }
     first = HOURLY.get_first_partition_window()
     requests = []
-    for hour, recorded_at in sorted(hours.items()):
+    for hour, hour_rows in sorted(by_hour.items()):
         # Hours not closed yet (or within the lag) are left to the hourly schedule.
         if hour + timedelta(hours=1) + lag > now or (first and hour < first.start):
             continue
@@ -81,25 +134,31 @@ def late_events_sensor(
             RunRequest(
                 job_name=rollup_and_publish_job.name,
                 partition_key=key,
-                run_key=f"late:{key}:{recorded_at:%Y%m%dT%H%M%S%f}",
+                run_key=run_key("late", key, hour_rows),
                 tags={"byoc/trigger": "late-events"},
             )
         )
     for day in days:
         if day.date() in archived_days:
             key = day_key(day)
-            newest = max(r for h, r in hours.items() if h.date() == day.date())
+            day_rows = [r for r in rows if r[1].date() == day.date()]
             requests.append(
                 RunRequest(
                     job_name=archive_job.name,
                     partition_key=key,
-                    run_key=f"late-archive:{key}:{newest:%Y%m%dT%H%M%S%f}",
+                    run_key=run_key("late-archive", key, day_rows),
                     tags={"byoc/trigger": "late-events"},
                 )
             )
-    new_cursor = max(r[2] for r in rows).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    context.log.info("late events: %d hours, %d runs requested", len(hours), len(requests))
-    return SensorResult(run_requests=requests, cursor=new_cursor)
+    newest = ch_time64(max(r[2] for r in rows))
+    new_cursor = max(cursor, newest)  # rows of the overlap alone never move it back
+    # Remember the rows handled that the next evaluation's overlap reads again.
+    since = overlap_start(new_cursor)
+    handled = {row_id(r) for r in read if ch_time64(r[2]) > since}
+    context.log.info("late events: %d hours, %d runs requested", len(by_hour), len(requests))
+    return SensorResult(
+        run_requests=requests, cursor=json.dumps({"at": new_cursor, "seen": sorted(handled)})
+    )
 
 
 # The retry sensor looks this far back: an hour still unfinished after a week needs a person.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -48,7 +49,7 @@ def test_sensor_requests_rollups_of_late_hours_and_archives_of_archived_days(env
     assert ("daily_archive", day_key(plain_day)) not in requests
     assert ("rollup_and_publish", hour_key(open_hour)) not in requests  # the schedule's job
     assert all(r.tags["byoc/trigger"] == "late-events" for r in result.run_requests)
-    assert result.cursor > cursor
+    assert json.loads(result.cursor)["at"] > cursor
 
     # Nothing of ours since: the next evaluation asks for none of these hours again (other
     # tests of the session may record late hours of their own meanwhile).
@@ -58,3 +59,41 @@ def test_sensor_requests_rollups_of_late_hours_and_archives_of_archived_days(env
     assert isinstance(again, SkipReason) or all(
         r.partition_key not in {hour_key(h) for h in plain_hours} for r in again.run_requests
     )
+
+
+def _tick(warehouse, cursor):
+    result = late_events_sensor(
+        build_sensor_context(cursor=cursor, resources={"warehouse": warehouse})
+    )
+    if isinstance(result, SkipReason):
+        return {}, cursor
+    runs = {
+        r.partition_key: r.run_key for r in result.run_requests if r.job_name != "daily_archive"
+    }
+    return runs, result.cursor
+
+
+def test_a_row_written_after_a_newer_one_is_still_picked_up(env, ch, config_file):
+    """F70: the cursor is the newest recorded_at seen, but recorded_at is the receive time:
+    a row written after a row with a newer recorded_at (the partitions flush apart, a replay)
+    landed below the cursor and its hour was never rolled up again."""
+    day = fresh_day()
+    first, second = day + timedelta(hours=3), day + timedelta(hours=4)
+    now = datetime.now(UTC)
+    cursor = (now - timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    warehouse = WarehouseResource(config_file=config_file)
+    _late(ch, env, [first], now - timedelta(seconds=10))  # one partition's flush
+    runs, cursor = _tick(warehouse, cursor)
+    assert hour_key(first) in runs
+
+    # Another partition's flush lands afterwards, received earlier (below the cursor): for a
+    # new hour, and for the hour already asked for (another environment).
+    _late(ch, env, [second], now - timedelta(seconds=40))
+    _late(ch, f"{env}-b", [first], now - timedelta(seconds=30))
+    again, cursor = _tick(warehouse, cursor)
+
+    assert hour_key(second) in again
+    assert hour_key(first) in again and again[hour_key(first)] != runs[hour_key(first)]
+    # Rows already handled are not asked for again.
+    third, _ = _tick(warehouse, cursor)
+    assert not {hour_key(first), hour_key(second)} & set(third)
