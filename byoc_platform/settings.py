@@ -203,7 +203,9 @@ class ControlPlaneSettings(BaseModel):
     api_key: str = "byoc-local-control-plane-key"
     seed_file: Path | None = None  # default: the packaged seed
     sync_interval_s: float = 5.0
-    publish_bulk_size: PositiveInt = 100  # the contract's reportUsageBulk limit
+    # The contract's reportUsageBulk limit: a larger bulk is refused whole by the control plane
+    # (then split into single sends, one request per usage).
+    publish_bulk_size: int = Field(default=100, ge=1, le=100)
 
 
 class FallbackEntitlement(BaseModel):

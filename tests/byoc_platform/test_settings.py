@@ -103,6 +103,8 @@ def test_unknown_setting_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("BYOC_LOG_LEVEL", "bogus", "log_level"),
         ("BYOC_STREAM__WINDOW_MS", "0", "stream.window_ms"),
         ("BYOC_API__MAX_BATCH_EVENTS", "-1", "api.max_batch_events"),
+        ("BYOC_CONTROL_PLANE__PUBLISH_BULK_SIZE", "101", "control_plane.publish_bulk_size"),
+        ("BYOC_CONTROL_PLANE__PUBLISH_BULK_SIZE", "0", "control_plane.publish_bulk_size"),
     ],
 )
 def test_values_the_components_cannot_use_name_the_setting(
