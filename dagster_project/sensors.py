@@ -179,7 +179,9 @@ ACTIVE = [
 def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> list[datetime]:
     """Hours in [start, end), oldest first, with usage the control plane has not acknowledged
     (``pending`` publish ledger rows) or with raw events but no rollup revision (a rollup
-    that failed, e.g. while the catalog was unreachable)."""
+    that failed, e.g. while the catalog was unreachable). The raw events, not usage_minute:
+    they are what the rollup reads, and a restore writes only them; a scan of one column of
+    a week of them every 5 minutes (~0.6 G rows at 1,000 events/s)."""
     bounds = {"start": ch_time(start), "end": ch_time(end)}
     rows = client.query(
         f"""
@@ -232,7 +234,7 @@ def unfinished_hours_sensor(
     if not hours:
         return SkipReason("no unfinished hours")
     # One attempt per hour and per window (the current hour): the cursor remembers the hours
-    # requested in this window, so that a hour that keeps failing does not hold back the rest.
+    # requested in this window, so that an hour that keeps failing does not hold back the rest.
     window = hour_key(floor_hour(now))
     state = json.loads(context.cursor) if context.cursor else {}
     tried = set(state.get("tried", [])) if state.get("window") == window else set()
