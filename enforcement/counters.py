@@ -24,7 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from byoc_platform.catalog import Budget, Feature
-from byoc_platform.events import MAX_DIMENSION_VALUE, UsageEvent, dimension_value_problem
+from byoc_platform.events import (
+    MAX_DIMENSION_VALUE,
+    UsageEvent,
+    UsageReport,
+    dimension_value_problem,
+)
 from enforcement.periods import CALENDAR, window
 from enforcement.state import NO_RESOURCE, LocalState
 from enforcement.store import BudgetKey, CounterKey, Store
@@ -32,6 +37,8 @@ from enforcement.store import BudgetKey, CounterKey, Store
 log = logging.getLogger(__name__)
 
 DEDUP_WINDOW_S = 7 * 24 * 3600.0
+# A logged report's claim: its id, prefixed apart from the events' idempotency keys.
+REPORT_CLAIM_PREFIX = "\x1freport\x1f"
 KEEP_ENDED_WINDOWS_S = 35 * 24 * 3600.0
 
 
@@ -270,6 +277,20 @@ class UsageCounters:
                 self.store.add_counters(conn, deltas, budget_deltas, now)
             self._apply_memory(deltas, budget_deltas)
             return Reported(self.values.get(key, 0.0), key.window_start, end, at)
+
+    def report_logged(self, environment: str, report: UsageReport, feature: Feature) -> Reported:
+        """A report of the ``usage.reports`` log, claimed by its id: whichever reads it first
+        (the instance that logged it, or any instance's consumer), it counts once."""
+        return self.report(
+            environment,
+            report.customerId,
+            report.resourceId,
+            feature,
+            report.value,
+            report.updateBehavior,
+            report.createdAt / 1000.0,
+            claim=REPORT_CLAIM_PREFIX + report.id,
+        )
 
     def spend(
         self,

@@ -49,7 +49,6 @@ from enforcement.counters import Reported, UsageCounters
 from enforcement.engine import BOOLEAN, ENUM, METERED, NUMERIC, EntitlementEngine
 from enforcement.grpc_codec import AnswerCache, CachingCodec
 from enforcement.grpc_fastpath import decode, read_message
-from enforcement.usage_hook import report_claim
 
 log = logging.getLogger(__name__)
 
@@ -502,16 +501,7 @@ class SidecarService(pb.SidecarServiceBase):
 
     def _count(self, reports: list[tuple[UsageReport, Feature]]) -> list[Reported]:
         return [
-            self.counters.report(
-                self.environment,
-                report.customerId,
-                report.resourceId,
-                feature,
-                report.value,
-                report.updateBehavior,
-                report.createdAt / 1000.0,
-                claim=report_claim(report),
-            )
+            self.counters.report_logged(self.environment, report, feature)
             for report, feature in reports
         ]
 

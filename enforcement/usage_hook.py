@@ -22,12 +22,6 @@ from enforcement.state import LocalState
 
 log = logging.getLogger(__name__)
 
-CLAIM_PREFIX = "\x1freport\x1f"
-
-
-def report_claim(report: UsageReport) -> str:
-    return CLAIM_PREFIX + report.id
-
 
 class UsageHook:
     def __init__(self, state: LocalState, counters: UsageCounters) -> None:
@@ -84,16 +78,7 @@ class UsageHook:
                 problem,
             )
             return UsageOutcome()
-        result = self.counters.report(
-            environment,
-            report.customerId,
-            report.resourceId,
-            feature,
-            report.value,
-            report.updateBehavior,
-            report.createdAt / 1000.0,
-            claim=report_claim(report),
-        )
+        result = self.counters.report_logged(environment, report, feature)
         if not result.window_end:
             return UsageOutcome(current_usage=result.current_usage)
         return UsageOutcome(
