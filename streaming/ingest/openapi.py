@@ -219,7 +219,8 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
             "The body is not a JSON object, or query/operationName/variables are ill-typed",
         ),
         "401": _json(_ERROR, "Invalid or missing API key"),
-        "413": _json(_GRAPHQL_ERRORS, f"More than {limit} items, or a body over {max_body} bytes"),
+        # Inside an operation too many items, or one too large, is 200 with `errors` (F59).
+        "413": _json(_GRAPHQL_ERRORS, f"A body over {max_body} bytes"),
         "415": _json(_GRAPHQL_ERRORS, _UNSUPPORTED),
         "429": _json(_GRAPHQL_ERRORS, "Producer buffer full; retry after", headers=_RETRY_HEADERS),
         "503": _json(
@@ -295,7 +296,8 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
                 "responses": {
                     "200": _json(
                         graphql_ok,
-                        "`data`, or `errors` for invalid input / unknown operation",
+                        "`data`, or `errors` for invalid input, more than "
+                        f"{limit} items, an item too large, an unknown operation",
                     ),
                     **graphql_errors,
                 },

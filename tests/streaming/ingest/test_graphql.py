@@ -208,3 +208,12 @@ def test_too_many_events_is_a_graphql_error_the_sdk_shows(
     assert ok.status_code == 200 and ok.json() == {"data": {"reportEvent": None}}
     found = events_reader.read([customer], lambda f: count(f, [customer]) >= 1)
     assert [e.idempotencyKey for e in items_of(found, customer)] == ["sentinel"]
+
+
+def test_openapi_documents_item_refusals_as_graphql_errors(ingest_api: ApiProcess) -> None:
+    """The served document said 413 for more items than the limit: the route answers them
+    200 with ``errors`` since F59 (above), so a client built from the document mishandled it."""
+    document = httpx.get(f"{ingest_api.url}/openapi.json").json()
+    responses = document["paths"]["/graphql"]["post"]["responses"]
+    assert "items" not in responses["413"]["description"]
+    assert "items" in responses["200"]["description"]
