@@ -483,6 +483,7 @@ class SidecarService(pb.SidecarServiceBase):
         results = await asyncio.to_thread(
             self._count,
             [(report, feature) for report, (_, feature) in zip(reports, checked, strict=True)],
+            durable=self.reports_sink is not None,
         )
         responses = []
         for report, (request, _), result in zip(reports, checked, results, strict=True):
@@ -499,11 +500,22 @@ class SidecarService(pb.SidecarServiceBase):
             responses.append(response)
         return responses
 
-    def _count(self, reports: list[tuple[UsageReport, Feature]]) -> list[Reported]:
-        return [
-            self.counters.report_logged(self.environment, report, feature)
-            for report, feature in reports
-        ]
+    def _count(self, reports: list[tuple[UsageReport, Feature]], durable: bool) -> list[Reported]:
+        results: list[Reported] = []
+        for report, feature in reports:
+            try:
+                result = self.counters.report_logged(self.environment, report, feature)
+            except Exception:
+                if not durable:
+                    raise  # nothing of it is anywhere: the caller's retry is safe
+                # In usage.reports, the consumers (this instance's too) count it. An error
+                # would invite a retry the log cannot tell from a new DELTA (no idempotency
+                # key): answer what is known, as REST /api/v2/usage does.
+                log.exception("counting logged usage report %s failed", report.id)
+                set_value = report.value if report.updateBehavior == "SET" else 0.0
+                result = Reported(set_value, 0, 0, report.createdAt / 1000.0)
+            results.append(result)
+        return results
 
     async def report_events(self, request: pb.ReportEventsRequest) -> pb_google.Empty:
         if self.events_sink is None:
