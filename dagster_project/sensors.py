@@ -166,7 +166,8 @@ RETRY_LOOKBACK = timedelta(days=7)
 # An hour is retried only this long after its scheduled run (lag included) could have
 # finished, so that the sensor never races the hourly schedule or its step retries.
 RETRY_SETTLE = timedelta(hours=1)
-# At most this many hours per tick, oldest first: a long outage is caught up gradually.
+# At most this many hours per tick, least recently tried first, then oldest first: a long
+# outage is caught up gradually.
 RETRIES_PER_TICK = 4
 ACTIVE = [
     DagsterRunStatus.QUEUED,
@@ -203,6 +204,16 @@ def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> li
     return sorted({r[0].replace(tzinfo=UTC) for r in rows})
 
 
+def last_tried(cursor: str | None) -> dict[str, str]:
+    """Hour key -> the window (hour key) of its last request. The first cursor of this sensor
+    listed the hours tried in one window: ``{"window": w, "tried": [hour, ...]}``."""
+    state = json.loads(cursor) if cursor else {}
+    tried = state.get("tried", {})
+    if isinstance(tried, list):
+        return dict.fromkeys(tried, state.get("window", ""))
+    return dict(tried)
+
+
 def partitions_in_progress(context: SensorEvaluationContext) -> set[str]:
     """Hours a rollup + publish run is already queued or running for."""
     runs = context.instance.get_runs(
@@ -217,7 +228,8 @@ def partitions_in_progress(context: SensorEvaluationContext) -> set[str]:
     minimum_interval_seconds=300,
     default_status=DefaultSensorStatus.RUNNING,
     description="Re-runs the rollup + publish of recent hours left unfinished by a failed run "
-    "(usage not acknowledged by the control plane, or events never rolled up), oldest first.",
+    "(usage not acknowledged by the control plane, or events never rolled up), least recently "
+    "tried first.",
 )
 def unfinished_hours_sensor(
     context: SensorEvaluationContext, warehouse: WarehouseResource
@@ -233,14 +245,17 @@ def unfinished_hours_sensor(
         hours = unfinished_hours(client, warehouse.database, start, end)
     if not hours:
         return SkipReason("no unfinished hours")
-    # One attempt per hour and per window (the current hour): the cursor remembers the hours
-    # requested in this window, so that an hour that keeps failing does not hold back the rest.
+    # One attempt per hour and per window (the current hour), least recently tried first: the
+    # cursor remembers the window of each hour's last request, so that hours that keep failing
+    # (more than a window's ticks take) do not hold back the rest, window after window.
     window = hour_key(floor_hour(now))
-    state = json.loads(context.cursor) if context.cursor else {}
-    tried = set(state.get("tried", [])) if state.get("window") == window else set()
+    last = last_tried(context.cursor)
     busy = partitions_in_progress(context)
-    todo = [k for k in map(hour_key, hours) if k not in tried and k not in busy]
-    todo = todo[:RETRIES_PER_TICK]
+    keys = [hour_key(h) for h in hours]  # oldest first: sorted() keeps it among equals
+    todo = sorted(
+        (k for k in keys if last.get(k) != window and k not in busy), key=lambda k: last.get(k, "")
+    )[:RETRIES_PER_TICK]
+    last.update(dict.fromkeys(todo, window))
     requests = [
         RunRequest(
             job_name=rollup_and_publish_job.name,
@@ -251,7 +266,8 @@ def unfinished_hours_sensor(
         for key in todo
     ]
     context.log.info("unfinished hours: %d, %d runs requested", len(hours), len(requests))
-    cursor = json.dumps({"window": window, "tried": sorted(tried | set(todo))})
+    # Only hours still unfinished are remembered: the cursor stays within the lookback.
+    cursor = json.dumps({"tried": {k: last[k] for k in keys if k in last}})
     return SensorResult(run_requests=requests, cursor=cursor)
 
 

@@ -3,16 +3,23 @@ left behind (F66: an outage longer than the publish's retries left an hour unbil
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import AssetSelection, DagsterInstance, SkipReason, build_sensor_context
 
 from assets.partitions import floor_hour, hour_key
-from assets.publish.ledger import plan, read_ledger, record
+from assets.publish.ledger import Entry, plan, read_ledger, record
 from assets.resources import WarehouseResource
 from assets.rollups.compute import read_rollup
-from dagster_project.sensors import RETRY_LOOKBACK, unfinished_hours_sensor
+from dagster_project.sensors import (
+    RETRIES_PER_TICK,
+    RETRY_LOOKBACK,
+    RETRY_SETTLE,
+    unfinished_hours,
+    unfinished_hours_sensor,
+)
 from tests.assets.conftest import run
 from tests.assets.usage_data import insert_events, make_events
 
@@ -67,3 +74,35 @@ def test_sensor_retries_hours_left_pending_or_not_rolled_up(infra, env, ch, conf
     after, _ = _requested(warehouse)
 
     assert not {hour_key(pending_hour), hour_key(unrolled_hour)} & set(after)
+
+
+def _pending(client, env: str, hour: datetime) -> None:
+    """A usage of ``hour`` the control plane has not acknowledged (e.g. refused for ever)."""
+    entry = Entry(env, "c-refused", "", "f-calls", hour, 1, 1.0, 1.0, f"{env}:{hour_key(hour)}", "")
+    record(client, "byoc", [entry], "pending")
+
+
+def test_hours_that_keep_failing_do_not_starve_newer_ones(env, config_file):
+    """The tried hours were forgotten at each new window and the oldest asked for first: with
+    more hours failing for ever than one window's ticks take (12 x 4), a newer hour left
+    unfinished by an outage was never retried while the older ones kept failing."""
+    oldest = floor_hour(datetime.now(UTC)) - RETRY_LOOKBACK
+    failing = [oldest + timedelta(hours=h) for h in range(RETRIES_PER_TICK + 2)]
+    newer = [oldest + timedelta(hours=h) for h in (40, 41)]
+    warehouse = WarehouseResource(config_file=config_file)
+    now = datetime.now(UTC)
+    lag = timedelta(minutes=warehouse.settings.retention.rollup_lag_minutes)
+    with warehouse.client() as client:  # creates the tables
+        for hour in failing + newer:
+            _pending(client, env, hour)
+        end = floor_hour(now - lag - RETRY_SETTLE)
+        unfinished = unfinished_hours(client, "byoc", oldest, end)
+    assert set(failing + newer) <= set(unfinished)
+    # The previous window asked for every unfinished hour but the newer ones.
+    previous = hour_key(floor_hour(now) - timedelta(hours=1))
+    tried = sorted(hour_key(h) for h in unfinished if h not in newer)
+    cursor = json.dumps({"window": previous, "tried": tried})
+
+    requested, _ = _requested(warehouse, cursor)
+
+    assert {hour_key(h) for h in newer} <= set(requested)
