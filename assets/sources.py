@@ -31,7 +31,8 @@ usage_minute = AssetSpec(
 late_hours = AssetSpec(
     "late_hours",
     group_name=GROUP,
-    description="Hours touched by late events: the late-events sensor re-rolls them up.",
+    description="Hours touched by late events, or by events received after the hour ended: "
+    "the late-events sensor re-rolls them up.",
     kinds={"clickhouse"},
     metadata={"table": "late_hours"},
 )

@@ -12,7 +12,8 @@ Numbered migrations run in order; each statement is safe to repeat.
   an early-fired partial window is replaced by its later, fuller snapshot and a replay after a
   crash rewrites the same rows. Read it with ``FINAL`` and sum/min/max across late rows.
   ``metric`` is '' for the event count (sum = count) or the name of a numeric dimension.
-- ``late_hours``: hours touched by late events, for the re-rollup sensor.
+- ``late_hours``: hours touched by late events or by events received after the hour ended,
+  for the re-rollup sensor.
 """
 
 from __future__ import annotations
