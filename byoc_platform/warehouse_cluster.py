@@ -132,6 +132,14 @@ def _ms(name: str) -> WireColumn:  # epoch ms -> DateTime64(3, 'UTC')
     return WireColumn(name, "Int64", f"fromUnixTimestamp64Milli(q.{name}, 'UTC')")
 
 
+def _written_ms(name: str) -> WireColumn:  # epoch ms -> DateTime64(3), never before the write
+    return WireColumn(
+        name,
+        "Int64",
+        f"greatest(fromUnixTimestamp64Milli(q.{name}, 'UTC'), now64(3, 'UTC'))",
+    )
+
+
 def _floor_s(name: str) -> WireColumn:  # epoch ms of a minute/hour start -> DateTime('UTC')
     return WireColumn(name, "Int64", f"toDateTime(intDiv(q.{name}, 1000), 'UTC')")
 
@@ -176,7 +184,10 @@ WIRE_COLUMNS: dict[str, tuple[WireColumn, ...]] = {
     "late_hours": (
         _same("environment", _S),
         _floor_s("hour"),
-        _ms("recorded_at"),
+        # The time the row is written, not the job's receive time: the table keeps the newest
+        # per (environment, hour), so a row written later with an older receive time would be
+        # hidden under FINAL and its hour never rolled up again (warehouse_schema).
+        _written_ms("recorded_at"),
     ),
 }
 

@@ -13,7 +13,10 @@ Numbered migrations run in order; each statement is safe to repeat.
   crash rewrites the same rows. Read it with ``FINAL`` and sum/min/max across late rows.
   ``metric`` is '' for the event count (sum = count) or the name of a numeric dimension.
 - ``late_hours``: hours touched by late events or by events received after the hour ended,
-  for the re-rollup sensor.
+  for the re-rollup sensor. ``recorded_at`` is the time the row was written (never earlier
+  than the receive time of the record that carried the event): the table keeps the newest row
+  per (environment, hour), so a row written after another of its hour must be the newer one,
+  or ``FINAL`` hides it and the sensor never rolls the hour up again.
 """
 
 from __future__ import annotations

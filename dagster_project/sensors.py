@@ -1,7 +1,7 @@
 """The late-events sensor: re-materializes the hours (and archived days) late events touched.
 
 The stream processor records every hour a late event lands in (``late_hours``, with the
-receive time of the record). The sensor reads the rows recorded since its cursor and asks for
+time the row was written). The sensor reads the rows recorded since its cursor and asks for
 a rollup + publish of each closed hour (the publish sends only the difference), and for a new
 archive of each day that was already archived (so retention never drops unarchived rows).
 
@@ -44,10 +44,11 @@ def ch_time64(moment: datetime) -> str:
 
 def late_rows(client: Any, db: str, cursor: str) -> list[tuple[str, datetime, datetime]]:
     """The ``late_hours`` rows recorded after ``cursor`` (a batch, oldest first), plus those
-    recorded up to ``LATE_OVERLAP`` before it. ``recorded_at`` is the receive time of the
-    record, not the time the row was written: rows reach the table out of that order (the
-    partitions flush apart, a processor replays after a crash), so a row can land below a
-    cursor that has moved on."""
+    recorded up to ``LATE_OVERLAP`` before it. ``recorded_at`` is the time the row was
+    written (so a row written after another of its hour replaces it under FINAL with a newer
+    time), stamped by each writer's clock: the overlap covers writes that commit out of that
+    order (concurrent inserts, writers' clocks apart, rows inserted directly), so a row can
+    land below a cursor that has moved on."""
     query = (
         f"SELECT environment, hour, recorded_at FROM {db}.late_hours FINAL "
         "WHERE recorded_at > {since:DateTime64(3, 'UTC')} "

@@ -63,7 +63,9 @@ class LateHourRow(msgspec.Struct, frozen=True, gc=False):
 
     environment: str
     hour: int  # ms, floor of the late event's time to the hour
-    recorded_at: int  # ms, receivedAt of the record that carried the late event
+    # ms, receivedAt of the record that carried the late event; the warehouse stores the time
+    # the row is written instead, never earlier (processor/warehouse_sink, warehouse_cluster)
+    recorded_at: int
 
 
 EVENT_COLUMNS: tuple[str, ...] = EventRow.__struct_fields__

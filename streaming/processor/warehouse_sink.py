@@ -10,11 +10,15 @@ A flush covers an offset range per partition; its *job key* lists them
 (``0:120-187,2:64-90``) and every block carries ``insert_deduplication_token =
 <topic>|<job key>|<table>``. The rows of an offset range are a pure function of the log (the
 engine is deterministic and resumes from a checkpoint taken exactly at the range's start), so an
-equal token always means equal rows: a retried insert, or a replay that cuts the same flush again
-(the checkpoint store's intent), is dropped by ClickHouse instead of being stored twice (the
-tables keep the last 1000 tokens: ``non_replicated_deduplication_window``; ``late_hours`` keeps
-none and relies on its ReplacingMergeTree key, its rows being identical). One block per table
-per flush, not per partition: each insert costs the local warehouse ~10 ms of CPU whatever its
+equal token always means equal rows (but for ``late_hours.recorded_at``, below): a retried
+insert, or a replay that cuts the same flush again (the checkpoint store's intent), is dropped
+by ClickHouse instead of being stored twice (the tables keep the last 1000 tokens:
+``non_replicated_deduplication_window``; ``late_hours`` keeps none and relies on its
+ReplacingMergeTree key). The token names the flush, not the data, and a block is encoded again
+for each attempt: ``late_hours.recorded_at`` is stamped with the time of the attempt
+(:func:`encode_late_hours`), so a resent row replaces the first with a newer time, which only
+asks the sensor for one more (harmless) rollup of its hour. One block per table per flush, not
+per partition: each insert costs the local warehouse ~10 ms of CPU whatever its
 size (measured), so per-partition blocks would quadruple that cost.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,9 +101,16 @@ def encode_minutes(rows: Sequence[MinuteRow]) -> bytes:
 
 
 def encode_late_hours(rows: Sequence[LateHourRow]) -> bytes:
-    """JSONCompactEachRow lines in LATE_HOUR_COLUMNS order."""
+    """JSONCompactEachRow lines in LATE_HOUR_COLUMNS order, ``recorded_at`` stamped now.
+
+    The stored ``recorded_at`` is the time the row is written, never earlier than the engine's
+    (the receive time): the table keeps the newest ``recorded_at`` per (environment, hour) and
+    the late-events sensor reads rows recorded since its cursor, so a row written after
+    another of its hour (a replay after a crash, a partition flushing late) must not carry an
+    older time, or it is hidden under FINAL and its hour never rolled up again."""
+    now = time.time_ns() // 1_000_000
     return _encoder.encode_lines(
-        [(r.environment, r.hour // 1000, r.recorded_at / 1000) for r in rows]
+        [(r.environment, r.hour // 1000, max(r.recorded_at, now) / 1000) for r in rows]
     )
 
 
@@ -121,7 +133,10 @@ def dedup_token(topic: str, job: str, table: str) -> str:
 
 
 class WarehouseSink:
-    """Writes blocks with dedup tokens; retries a failed block (same token) until it lands."""
+    """Writes blocks with dedup tokens; retries a failed block (same token) until it lands.
+
+    ``body`` is the block, or a function encoding it, called for each attempt (so that a
+    retried late_hours block is stamped with the time it is written)."""
 
     def __init__(
         self,
@@ -143,14 +158,20 @@ class WarehouseSink:
             self._client = self._client_factory()
         return self._client
 
-    def insert(self, table: str, columns: Sequence[str], body: bytes, token: str) -> None:
+    def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        body: bytes | Callable[[], bytes],
+        token: str,
+    ) -> None:
         backoff = 0.1
         while True:
             try:
                 self._get_client().raw_insert(
                     f"{self.database}.{table}",
                     list(columns),
-                    body,
+                    body() if callable(body) else body,
                     settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
                     fmt="JSONCompactEachRow",
                 )

@@ -221,7 +221,7 @@ class Writer:
         rows: list[Any],
         token: str,
     ) -> None:
-        self.sink.insert(table, columns, encode(rows), token)
+        self.sink.insert(table, columns, lambda: encode(rows), token)  # encoded per attempt
         self.metrics.rows_written.labels(table).inc(len(rows))
 
     def _fence(self, partitions: set[int]) -> None:

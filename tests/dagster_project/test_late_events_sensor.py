@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,10 @@ from dagster import SkipReason, build_sensor_context
 
 from assets.partitions import day_key, hour_key
 from assets.resources import WarehouseResource
+from byoc_platform import clients
 from dagster_project.sensors import late_events_sensor
+from streaming.engine import LATE_HOUR_COLUMNS, LateHourRow
+from streaming.processor.warehouse_sink import LATE_HOURS_TABLE, WarehouseSink, encode_late_hours
 from tests.assets.conftest import run
 from tests.assets.usage_data import fresh_day, insert_events, make_events
 
@@ -97,3 +101,27 @@ def test_a_row_written_after_a_newer_one_is_still_picked_up(env, ch, config_file
     # Rows already handled are not asked for again.
     third, _ = _tick(warehouse, cursor)
     assert not {hour_key(first), hour_key(second)} & set(third)
+
+
+def test_a_row_of_an_hour_already_handled_written_later_is_picked_up(env, ch, config_file, infra):
+    """A second row for an (environment, hour) the sensor already asked for, written by the
+    processor afterwards with an OLDER receive time (a replay after a crash): late_hours keeps
+    the newest recorded_at per (environment, hour), so with recorded_at = receive time the new
+    row was hidden under FINAL and the usage it stands for never rolled up. recorded_at is the
+    write time now: the row replaces the first and the hour is asked for again."""
+    first = fresh_day() + timedelta(hours=3)
+    now = datetime.now(UTC)
+    cursor = (now - timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    warehouse = WarehouseResource(config_file=config_file)
+    _late(ch, env, [first], now - timedelta(seconds=10))
+    runs, cursor = _tick(warehouse, cursor)
+    assert hour_key(first) in runs
+
+    settings = infra.settings
+    sink = WarehouseSink(lambda: clients.clickhouse(settings), "byoc", threading.Event())
+    received = int((now - timedelta(seconds=30)).timestamp() * 1000)
+    row = LateHourRow(env, int(first.timestamp() * 1000), received)
+    sink.insert(LATE_HOURS_TABLE, LATE_HOUR_COLUMNS, encode_late_hours([row]), "t")
+    again, _ = _tick(warehouse, cursor)
+
+    assert hour_key(first) in again and again[hour_key(first)] != runs[hour_key(first)]

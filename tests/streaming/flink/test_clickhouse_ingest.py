@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ import pytest
 from flink_parity import (
     SINK_TABLES,
     assert_events_identical,
-    assert_late_hours_identical,
     assert_minutes_identical,
     before_1970,
     part_files,
 )
+from stream_fixtures import final_late_hours
 
 from byoc_platform import clients
 from byoc_platform.warehouse_cluster import (
@@ -90,6 +91,7 @@ def warehouse(infra) -> Any:
 def ingested(warehouse: Any, flink_output: Path) -> dict[str, Any]:
     """Every sink part file inserted as-is (one insert per file, as the engine inserts blocks),
     but for its rows before 1970; then what the tables hold."""
+    started_ms = time.time_ns() // 1_000_000
     for table in SINK_TABLES:
         for part in part_files(flink_output / table):
             lines = [line for line in part.read_bytes().split(b"\n") if line]
@@ -101,6 +103,7 @@ def ingested(warehouse: Any, flink_output: Path) -> dict[str, Any]:
                 settings=QUEUE_FORMAT_SETTINGS,
             )
     return {
+        "started_ms": started_ms,
         "final": {t: _as_engine_rows(warehouse, t, final=True) for t in SINK_TABLES},
         "count": {
             t: warehouse.query(f"SELECT count() FROM {DB}.{t}").result_rows[0][0]
@@ -141,10 +144,13 @@ def test_usage_minute_final_state_is_the_python_engines(ingested, flink_rows, py
     )
 
 
-def test_late_hours_are_the_python_engines(ingested, python_rows) -> None:
-    assert_late_hours_identical(
-        ingested["final"]["late_hours"], storable(python_rows["late_hours"])
-    )
+def test_late_hours_are_the_python_engines_recorded_when_written(ingested, python_rows) -> None:
+    """The same (environment, hour) keys; recorded_at is the write time, never earlier than
+    the engine's receive time (a row written late must not hide under an older one)."""
+    stored = final_late_hours(ingested["final"]["late_hours"])
+    engine = final_late_hours(storable(python_rows["late_hours"]))
+    assert stored.keys() == engine.keys()
+    assert all(at >= max(engine[key], ingested["started_ms"]) for key, at in stored.items())
 
 
 def test_good_rows_log_no_ingest_error(ingested) -> None:

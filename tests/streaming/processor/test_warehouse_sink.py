@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
+import msgspec
 import pytest
 
 from byoc_platform import clients
@@ -14,9 +16,16 @@ from streaming.engine import (
     LATE_HOUR_COLUMNS,
     MINUTE_COLUMNS,
     EngineConfig,
+    LateHourRow,
     StreamEngine,
 )
-from streaming.processor.warehouse_sink import TABLES, WarehouseSink, dedup_token
+from streaming.processor.warehouse_sink import (
+    LATE_HOURS_TABLE,
+    TABLES,
+    WarehouseSink,
+    dedup_token,
+    encode_late_hours,
+)
 from tests.stack_fixtures import Stack
 
 pytestmark = pytest.mark.integration
@@ -113,5 +122,40 @@ def test_rows_round_trip_exactly_and_a_resent_block_is_dropped(infra: Stack) -> 
         f"FROM {db}.late_hours FINAL WHERE environment = {{env:String}}",
         parameters={"env": environment},
     ).result_rows
-    # late_hours keeps no insert tokens; its ReplacingMergeTree key collapses the resent row.
-    assert hours == [((T - 7 - (T - 7) % 3_600_000) // 1000, T + 600_005)]
+    # late_hours keeps no insert tokens; its ReplacingMergeTree key collapses the resent row,
+    # recorded when written (test_late_hours_rows_are_recorded_when_written).
+    assert [h for h, _ in hours] == [(T - 7 - (T - 7) % 3_600_000) // 1000]
+    assert hours[0][1] >= T + 600_005
+
+
+def test_late_hours_rows_are_recorded_when_written(infra: Stack) -> None:
+    """recorded_at is stamped at the insert, never earlier than the receive time: a row
+    written after another of its (environment, hour) with an older receive time (a replay
+    after a crash) must not be hidden under FINAL from the late-events sensor."""
+    environment = f"env-late-{uuid.uuid4().hex[:8]}"
+    s = infra.settings
+    db = s.clickhouse.database
+    sink = WarehouseSink(
+        lambda: clients.clickhouse(s, compress=False, autogenerate_session_id=False),
+        db,
+        threading.Event(),
+    )
+    hour = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000
+    rows = [LateHourRow(environment, hour, hour + 5)]
+    before = time.time_ns() // 1_000_000
+    sink.insert(LATE_HOURS_TABLE, LATE_HOUR_COLUMNS, encode_late_hours(rows), "t1")
+    stored = (
+        infra.clickhouse()
+        .query(
+            "SELECT toUnixTimestamp64Milli(recorded_at) "
+            f"FROM {db}.late_hours FINAL WHERE environment = {{env:String}}",
+            parameters={"env": environment},
+        )
+        .result_rows
+    )
+    assert stored == [(stored[0][0],)] and stored[0][0] >= before  # not the old receive time
+    # Never earlier than the receive time (not inserted: a future row would move the shared
+    # table's sensor cursors ahead).
+    future = time.time_ns() // 1_000_000 + 3_600_000
+    encoded = encode_late_hours([LateHourRow(environment, hour, future)])
+    assert msgspec.json.decode(encoded)[2] == future / 1000
