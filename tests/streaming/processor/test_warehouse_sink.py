@@ -33,6 +33,16 @@ pytestmark = pytest.mark.integration
 T = 1_793_613_481_123  # ms, deliberately not a whole second
 
 
+def real_sink(infra: Stack) -> WarehouseSink:
+    """A sink writing to the test stack's warehouse, as the processor's."""
+    s = infra.settings
+    return WarehouseSink(
+        lambda: clients.clickhouse(s, compress=False, autogenerate_session_id=False),
+        s.clickhouse.database,
+        threading.Event(),
+    )
+
+
 def test_each_table_is_written_with_its_row_columns() -> None:
     assert {table: columns for table, columns, _ in TABLES} == {
         "usage_events": EVENT_COLUMNS,
@@ -66,11 +76,7 @@ def test_rows_round_trip_exactly_and_a_resent_block_is_dropped(infra: Stack) -> 
 
     s = infra.settings
     db = s.clickhouse.database
-    sink = WarehouseSink(
-        lambda: clients.clickhouse(s, compress=False, autogenerate_session_id=False),
-        db,
-        threading.Event(),
-    )
+    sink = real_sink(infra)
     topic = f"sink-test-{uuid.uuid4().hex}"
     rows_of = {
         "usage_events": output.events,
@@ -135,11 +141,7 @@ def test_late_hours_rows_are_recorded_when_written(infra: Stack) -> None:
     environment = f"env-late-{uuid.uuid4().hex[:8]}"
     s = infra.settings
     db = s.clickhouse.database
-    sink = WarehouseSink(
-        lambda: clients.clickhouse(s, compress=False, autogenerate_session_id=False),
-        db,
-        threading.Event(),
-    )
+    sink = real_sink(infra)
     hour = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000
     rows = [LateHourRow(environment, hour, hour + 5)]
     before = time.time_ns() // 1_000_000
