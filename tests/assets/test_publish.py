@@ -198,17 +198,24 @@ def test_deleting_a_feature_does_not_cancel_the_usage_billed_under_it(infra, env
     assert any(feature == "feature-tokens" for _, _, feature in billed)
     with ControlPlaneClient.from_settings(infra.settings) as cp:
         assert cp.delete_entity(env, "feature", "feature-tokens") is not None
-    customer, resource = events[0].customer_id, events[0].resource_id
+    calls = (events[0].customer_id, events[0].resource_id, "feature-api-calls")
+    late_key = "late-after-delete"
+    assert_a_late_call_bills_only_itself(infra, env, ch, small_bulks, hour, billed, calls, late_key)
+
+
+def assert_a_late_call_bills_only_itself(infra, env, ch, small_bulks, hour, billed, calls, key):
+    """One late `api_call` (idempotency ``key``) of ``calls`` (customer, resource, feature)
+    re-rolled up and published: that key's billed usage grows by one, the others' stay."""
+    customer, resource, _ = calls
     at = hour + timedelta(minutes=59)
-    late = Event(customer, "api_call", "late-after-delete", at, resource_id=resource)
+    late = Event(customer, "api_call", key, at, resource_id=resource)
     insert_events(ch, "byoc", env, [late])
 
     result = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
 
     assert result.success
     after = control_plane_totals(infra.settings, env)
-    calls = (customer, resource, "feature-api-calls")
-    assert after[calls] == pytest.approx(billed[calls] + 1)
+    assert after[calls] == pytest.approx(billed[calls] + 1)  # the hour's meter: api_call
     assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
         {k: v for k, v in billed.items() if k != calls}
     )
@@ -327,20 +334,9 @@ def test_editing_a_meter_does_not_rewrite_the_usage_billed_under_it(infra, env, 
                 meter=edited,
             ),
         )
-    customer, resource, _ = next(k for k in sorted(billed) if k[2] == "feature-api-calls")
-    at = hour + timedelta(minutes=59)
-    late = Event(customer, "api_call", "late-before-edit", at, resource_id=resource)
-    insert_events(ch, "byoc", env, [late])
-
-    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), small_bulks)
-
-    assert result.success
-    after = control_plane_totals(infra.settings, env)
-    calls = (customer, resource, "feature-api-calls")
-    assert after[calls] == pytest.approx(billed[calls] + 1)  # the hour's meter: api_call
-    assert {k: v for k, v in after.items() if k != calls} == pytest.approx(
-        {k: v for k, v in billed.items() if k != calls}
-    )
+    calls = next(k for k in sorted(billed) if k[2] == "feature-api-calls")
+    late_key = "late-before-edit"
+    assert_a_late_call_bills_only_itself(infra, env, ch, small_bulks, hour, billed, calls, late_key)
 
 
 def test_publishing_a_revision_replaced_meanwhile_sends_nothing(infra, env, ch, config_file):
