@@ -17,6 +17,14 @@ Numbered migrations run in order; each statement is safe to repeat.
   than the receive time of the record that carried the event): the table keeps the newest row
   per (environment, hour), so a row written after another of its hour must be the newer one,
   or ``FINAL`` hides it and the sensor never rolls the hour up again.
+- ``usage_reports``: aggregated usage (REST ``/api/v2/usage``, GraphQL ``reportUsage``, gRPC
+  ``ReportUsage``) as logged to ``usage.reports``, one row per report and receipt. ``report_id``
+  is the measurement id answered to the caller (one per idempotency key); a report logged
+  again under the same id (a retried call, a reused key) is a row of its own with its own
+  ``received_at``: readers take the FIRST receipt of each id (``argMin(..., received_at)``),
+  the one the enforcement counters counted. A row read twice from the log (at-least-once
+  delivery) has the same key and collapses. ``report_time`` is the caller's createdAt, else
+  the receive time: the hour the usage belongs to.
 """
 
 from __future__ import annotations
@@ -34,6 +42,21 @@ USAGE_EVENTS_COLUMNS = (
     "ingest_time",
     "labels",
     "values",
+    "dimensions",
+)
+
+# Column order of usage_reports, for inserts.
+USAGE_REPORTS_COLUMNS = (
+    "environment",
+    "customer_id",
+    "resource_id",
+    "feature_id",
+    "report_id",
+    "value",
+    "update_behavior",
+    "idempotency_key",
+    "report_time",
+    "received_at",
     "dimensions",
 )
 
@@ -97,6 +120,25 @@ def migrations(database: str) -> list[str]:
         )
         ENGINE = ReplacingMergeTree(recorded_at)
         ORDER BY (environment, hour)
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.usage_reports (
+            environment LowCardinality(String),
+            customer_id String,
+            resource_id String,
+            feature_id LowCardinality(String),
+            report_id String,
+            value Float64,
+            update_behavior LowCardinality(String),
+            idempotency_key String,
+            report_time DateTime64(3, 'UTC'),
+            received_at DateTime64(3, 'UTC'),
+            dimensions String
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMMDD(report_time)
+        ORDER BY (environment, customer_id, report_id, received_at)
+        SETTINGS non_replicated_deduplication_window = 1000
         """,
     ]
 
