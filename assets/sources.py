@@ -28,16 +28,26 @@ usage_minute = AssetSpec(
     kinds={"clickhouse"},
     metadata={"table": "usage_minute", "partitioning": "toYYYYMMDD(minute)"},
 )
+usage_reports = AssetSpec(
+    "usage_reports",
+    group_name=GROUP,
+    description="Aggregated usage reports (REST /api/v2/usage, GraphQL reportUsage, gRPC "
+    "ReportUsage) as logged to usage.reports, one row per receipt; readers count each report "
+    "id once, at its first receipt. Written by the stream processor (or, with Flink, by "
+    "ClickHouse's Kafka engine).",
+    kinds={"clickhouse"},
+    metadata={"table": "usage_reports", "partitioning": "toYYYYMMDD(report_time)"},
+)
 late_hours = AssetSpec(
     "late_hours",
     group_name=GROUP,
-    description="Hours touched by late events, or by events received after the hour ended: "
-    "the late-events sensor re-rolls them up.",
+    description="Hours touched by late events, or by events or reports received after the "
+    "hour ended: the late-events sensor re-rolls them up.",
     kinds={"clickhouse"},
     metadata={"table": "late_hours"},
 )
 
-SPECS = [usage_events, usage_minute, late_hours]
+SPECS = [usage_events, usage_minute, usage_reports, late_hours]
 
 
 @asset_check(

@@ -180,8 +180,9 @@ ACTIVE = [
 
 def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> list[datetime]:
     """Hours in [start, end), oldest first, with usage the control plane has not acknowledged
-    (``pending`` publish ledger rows) or with raw events but no rollup revision (a rollup
-    that failed, e.g. while the catalog was unreachable). The raw events, not usage_minute:
+    (``pending`` publish ledger rows) or with raw events or usage reports but no rollup
+    revision (a rollup that failed, e.g. while the catalog was unreachable). The raw events,
+    not usage_minute:
     they are what the rollup reads, and a restore writes only them; a scan of one column of
     a week of them every 5 minutes (~0.6 G rows at 1,000 events/s)."""
     bounds = {"start": ch_time(start), "end": ch_time(end)}
@@ -195,6 +196,13 @@ def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> li
         UNION DISTINCT
         SELECT toStartOfHour(toDateTime(event_time, 'UTC')) AS hour FROM {db}.usage_events
         WHERE event_time >= {{start:DateTime('UTC')}} AND event_time < {{end:DateTime('UTC')}}
+          AND hour NOT IN (
+            SELECT hour FROM {db}.usage_hourly_revisions
+            WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}
+          )
+        UNION DISTINCT
+        SELECT toStartOfHour(toDateTime(report_time, 'UTC')) AS hour FROM {db}.usage_reports
+        WHERE report_time >= {{start:DateTime('UTC')}} AND report_time < {{end:DateTime('UTC')}}
           AND hour NOT IN (
             SELECT hour FROM {db}.usage_hourly_revisions
             WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}

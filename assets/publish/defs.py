@@ -1,6 +1,7 @@
 """The ``published_usage`` asset: the hour's rollup sent to the control plane, exactly once."""
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,16 +18,20 @@ from dagster import (
 
 from assets.meters import ADDITIVE
 from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
-from assets.publish.ledger import Entry, plan, read_ledger, record
+from assets.publish.ledger import Entry, Key, plan, read_ledger, record
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import latest_revision, read_rollup
+from assets.rollups.compute import REPORTED_DELTA, latest_revision, read_rollup
 from assets.rollups.defs import hourly_usage_rollup
 
 # One publish at a time per instance: two concurrent publishes of one hour could both plan
 # the same revision with different deltas (see ledger.py). Set this pool's limit to 1.
 PUBLISH_POOL = "control_plane_publish"
+
+# Rollup rows published as DELTAs: additive meters and reported DELTAs. An hour's MAX, UNIQUE
+# or last SET is a level, not an amount: summing hours of it would bill the sum of levels.
+PUBLISHED = ADDITIVE | {REPORTED_DELTA}
 
 
 @dataclass
@@ -63,7 +68,11 @@ def publish_hour(
             f"{hour_key(hour)}: rollup revision {revision} was replaced by revision "
             f"{now_revision} ({len(rows)} of its rows left, the latest has {now_rows})"
         )
-    targets = {r.key: r.value for r in rows if r.aggregation in ADDITIVE}
+    # A feature may have a meter row and a REPORTED_DELTA row: the control plane gets their sum.
+    targets: dict[Key, float] = defaultdict(float)
+    for r in rows:
+        if r.aggregation in PUBLISHED:
+            targets[r.key] += r.value
     todo = plan(hour, targets, read_ledger(client, db, hour))
     record(client, db, todo.new, "pending")  # before sending: see ledger.py
     result = send(
@@ -81,7 +90,7 @@ def publish_hour(
         rejected=result.rejected,
         published_total=sum(e.delta for e in published if e.status == "sent"),
         rollup_total=sum(targets.values()),
-        skipped=sorted({r.feature_id for r in rows if r.aggregation not in ADDITIVE}),
+        skipped=sorted({r.feature_id for r in rows if r.aggregation not in PUBLISHED}),
     )
 
 

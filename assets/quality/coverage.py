@@ -1,8 +1,9 @@
 """The ``pipeline_coverage`` asset: which recent hours are rolled up, published, archived.
 
-One glance for operators: an hour with events but no rollup (the schedule did not run), a
-rollup older than the hour's latest late event (the sensor has not caught up), publishes left
-pending (the control plane refused or was down), days with events but no verified archive.
+One glance for operators: an hour with events or usage reports but no rollup (the schedule
+did not run), a rollup older than the hour's latest late event (the sensor has not caught
+up), publishes left pending (the control plane refused or was down), days with events but no
+verified archive.
 """
 
 from collections import defaultdict
@@ -13,7 +14,7 @@ from pydantic import Field
 
 from assets.partitions import ch_time, floor_hour
 from assets.resources import WarehouseResource
-from assets.sources import late_hours, usage_events
+from assets.sources import late_hours, usage_events, usage_reports
 
 
 class CoverageConfig(Config):
@@ -26,7 +27,7 @@ def _by_hour(rows: list[tuple]) -> dict[datetime, tuple]:
 
 @asset(
     group_name="quality",
-    deps=[usage_events, late_hours],
+    deps=[usage_events, usage_reports, late_hours],
     kinds={"clickhouse"},
     description="Coverage of the recent hours: events, rollup, publish ledger, archive.",
 )
@@ -45,6 +46,14 @@ def pipeline_coverage(
                 "WHERE event_time >= {start:DateTime('UTC')} "
                 "AND event_time < {end:DateTime('UTC')} "
                 "GROUP BY h",
+                parameters=params,
+            ).result_rows
+        )
+        reports = _by_hour(
+            client.query(
+                f"SELECT toStartOfHour(report_time) h, uniqExact(customer_id, report_id) "
+                f"FROM {db}.usage_reports WHERE report_time >= {{start:DateTime('UTC')}} "
+                "AND report_time < {end:DateTime('UTC')} GROUP BY h",
                 parameters=params,
             ).result_rows
         )
@@ -78,21 +87,23 @@ def pipeline_coverage(
         )
     counts: dict[str, int] = defaultdict(int)
     lines = [
-        "| hour | events | rolled up | late since | sent / pending | archived |",
-        "|---|---:|---|---|---|---|",
+        "| hour | events | reports | rolled up | late since | sent / pending | archived |",
+        "|---|---:|---:|---|---|---|---|",
     ]
-    for hour in sorted(events, reverse=True):
+    for hour in sorted(events.keys() | reports.keys(), reverse=True):
         rolled = rollups.get(hour)
         late_at = late.get(hour)
         stale = bool(rolled and late_at and late_at[0] > rolled[0])
         sent, pending = ledger.get(hour, (0, 0))
-        counts["hours_with_events"] += 1
+        counts["hours_with_events"] += hour in events
+        counts["hours_with_reports"] += hour in reports
         counts["hours_not_rolled_up"] += rolled is None
         counts["hours_stale_after_late_events"] += stale
         counts["hours_with_pending_publish"] += pending > 0
         counts["hours_archived"] += hour in archived
         lines.append(
-            f"| {hour:%Y-%m-%d %H}:00 | {events[hour][0]} | {'yes' if rolled else 'NO'} | "
+            f"| {hour:%Y-%m-%d %H}:00 | {events.get(hour, (0,))[0]} | "
+            f"{reports.get(hour, (0,))[0]} | {'yes' if rolled else 'NO'} | "
             f"{'STALE' if stale else '-'} | {sent} / {pending} | "
             f"{'yes' if hour in archived else '-'} |"
         )

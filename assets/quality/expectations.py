@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from assets.rollups.compute import REPORTED_DELTA
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -49,7 +51,15 @@ def validate_rollup(frame: pd.DataFrame, allowed_features: list[str]) -> SuiteRe
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
     for column in TEXT_KEY_COLUMNS:
         suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0))
+    # A reported DELTA may give usage back (a negative report): its hourly sum may be < 0.
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="value",
+            min_value=0,
+            row_condition=f'aggregation != "{REPORTED_DELTA}"',
+            condition_parser="pandas",
+        )
+    )
     suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="events", min_value=1))
     suite.add_expectation(
         gxe.ExpectColumnValuesToBeInSet(column="env_feature", value_set=sorted(allowed_features))

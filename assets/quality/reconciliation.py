@@ -1,10 +1,13 @@
-"""Invariant 3: the rollup of an hour equals the sum over the deduplicated raw events.
+"""Invariant 3: the rollup of an hour equals the sum over the deduplicated raw events (and
+over the hour's usage reports).
 
 The expected values are recomputed along a DIFFERENT path than the rollup's SQL: one generic
 scan of ``usage_events FINAL`` grouped by (environment, customer, resource, event name) with
 ``count()``, ``sumMap``/``maxMap`` of the numeric values and ``uniqExactMap`` of the labels,
-mapped to features in Python through the meters the rollup recorded. A stale rollup (late
-events arrived since), a partial write or a bug in either path shows up as a mismatch.
+mapped to features in Python through the meters the rollup recorded; and every receipt of the
+hour's reports, read as rows and folded in Python (first receipt per report id, DELTA sum, last
+SET). A stale rollup (late events or reports arrived since), a partial write or a bug in either
+path shows up as a mismatch.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from assets.meters import MeterSpec
 from assets.rollups.compute import (
     FINAL_SETTINGS,
+    REPORTED_DELTA,
+    REPORTED_SET,
+    environments_in,
     hour_bounds,
     latest_revision,
     read_rollup,
@@ -26,7 +32,7 @@ from assets.rollups.compute import (
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-Key = tuple[str, str, str, str]  # environment, customer, resource, feature
+Key = tuple[str, str, str, str, str]  # environment, customer, resource, feature, aggregation
 
 
 @dataclass
@@ -73,7 +79,7 @@ def expected_from_raw(
             by_event[(env, m.event_name)].append(m)
     for env, cust, res, name, count, sums, maxs, uniques in groups:
         for m in by_event.get((env, name), []):
-            key = (env, cust, res, m.feature_id)
+            key = (env, cust, res, m.feature_id, m.aggregation)
             if m.aggregation == "COUNT":
                 expected[key] = float(count)
             elif m.aggregation == "SUM" and m.field in sums:
@@ -87,17 +93,48 @@ def expected_from_raw(
     return expected
 
 
+def expected_from_reports(
+    client: Client, db: str, hour: datetime, envs: list[str]
+) -> dict[Key, float]:
+    """Per (key, REPORTED_DELTA / REPORTED_SET): the hour's reports, each at its first receipt."""
+    if not envs:
+        return {}
+    rows = client.query(
+        f"SELECT environment, customer_id, report_id, resource_id, feature_id, value, "
+        f"update_behavior, toUnixTimestamp64Milli(report_time), "
+        f"toUnixTimestamp64Milli(received_at) FROM {db}.usage_reports "
+        "WHERE environment IN {envs:Array(String)} AND (environment, customer_id, report_id) IN ("
+        f"  SELECT environment, customer_id, report_id FROM {db}.usage_reports "
+        "  WHERE report_time >= {start:DateTime('UTC')} AND report_time < {end:DateTime('UTC')})",
+        parameters={**hour_bounds(hour), "envs": envs},
+    ).result_rows
+    first: dict[tuple[str, str, str], tuple] = {}
+    for row in rows:
+        ident = (row[0], row[1], row[2])
+        if ident not in first or row[8] < first[ident][8]:
+            first[ident] = row
+    start = int(hour.timestamp() * 1000)
+    end = start + 3_600_000
+    expected: dict[Key, float] = {}
+    last_set: dict[Key, tuple[int, int]] = {}
+    for env, cust, _, res, feature, value, behavior, at, received in first.values():
+        if not start <= at < end:
+            continue  # first received for another hour
+        if behavior == "SET":
+            key = (env, cust, res, feature, REPORTED_SET)
+            if key not in last_set or (at, received) > last_set[key]:
+                last_set[key] = (at, received)
+                expected[key] = float(value)
+        else:
+            key = (env, cust, res, feature, REPORTED_DELTA)
+            expected[key] = expected.get(key, 0.0) + float(value)
+    return expected
+
+
 def reconcile(client: Client, db: str, hour: datetime, sample: int = 20) -> Reconciliation:
     """Compare the hour's latest rollup with a recomputation from the raw events."""
     header = latest_revision(client, db, hour)
-    raw_envs = [
-        r[0]
-        for r in client.query(
-            f"SELECT DISTINCT environment FROM {db}.usage_events WHERE "
-            "event_time >= {start:DateTime('UTC')} AND event_time < {end:DateTime('UTC')}",
-            parameters=hour_bounds(hour),
-        ).result_rows
-    ]
+    raw_envs = environments_in(client, db, hour, hour + timedelta(hours=1))
     if header is None:
         return Reconciliation(
             hour,
@@ -107,31 +144,35 @@ def reconcile(client: Client, db: str, hour: datetime, sample: int = 20) -> Reco
             actual_rows=0,
             expected_total=0.0,
             actual_total=0.0,
-            reason="" if not raw_envs else f"no rollup for an hour with events of {raw_envs}",
+            reason=""
+            if not raw_envs
+            else f"no rollup for an hour with events or reports of {raw_envs}",
         )
     unrolled = sorted(set(raw_envs) - set(header.meters))
     expected = expected_from_raw(client, db, hour, header.meters)
-    actual = {row.key: row.value for row in read_rollup(client, db, hour, header.revision)}
+    expected |= expected_from_reports(client, db, hour, sorted(header.meters))
+    actual = {row.source: row.value for row in read_rollup(client, db, hour, header.revision)}
     mismatches = []
     for key in sorted(set(expected) | set(actual)):
         want, got = expected.get(key), actual.get(key)
         if want is None or got is None or not close(want, got):
-            env, cust, res, feature = key
+            env, cust, res, feature, aggregation = key
             mismatches.append(
                 {
                     "environment": env,
                     "customer_id": cust,
                     "resource_id": res,
                     "feature_id": feature,
+                    "aggregation": aggregation,
                     "expected": want,
                     "rollup": got,
                 }
             )
     reason = ""
     if mismatches:
-        reason = f"{len(mismatches)} rollup rows differ from the raw events"
+        reason = f"{len(mismatches)} rollup rows differ from the raw events and reports"
     elif unrolled:
-        reason = f"environments with events but not in the rollup: {unrolled}"
+        reason = f"environments with events or reports but not in the rollup: {unrolled}"
     return Reconciliation(
         hour=hour,
         revision=header.revision,

@@ -1,9 +1,16 @@
-"""The rollup of one hour, computed inside ClickHouse from the deduplicated raw events.
+"""The rollup of one hour, computed inside ClickHouse from the deduplicated raw events and
+the aggregated usage reports.
 
 ``usage_events`` is read with FINAL (ReplacingMergeTree dedups only at merge time, Lago #4725),
 one scan per environment; each of the environment's meters becomes one column of the scan,
 unpivoted with ARRAY JOIN, and the rows go straight into ``usage_hourly`` under a new revision
 (INSERT ... SELECT: no row leaves the warehouse). The revision header is written last.
+
+``usage_reports`` (REST/GraphQL reportUsage, gRPC ReportUsage) rolls up into rows of their own,
+with no event name: ``REPORTED_DELTA`` sums the hour's DELTA reports (published like a SUM
+meter), ``REPORTED_SET`` keeps the hour's last SET value (a level: rolled up and reconciled,
+not published, like MAX). Each report counts once, by its id, at its first receipt (the one
+the enforcement counters counted), in the hour of its createdAt.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ class RollupRow:
     def key(self) -> tuple[str, str, str, str]:
         return (self.environment, self.customer_id, self.resource_id, self.feature_id)
 
+    @property
+    def source(self) -> tuple[str, str, str, str, str]:
+        """The key and the aggregation: a feature may have a meter row and report rows."""
+        return (*self.key, self.aggregation)
+
 
 @dataclass
 class RollupRevision:
@@ -60,14 +72,46 @@ def hour_bounds(hour: datetime) -> dict[str, str]:
     return {"start": ch_time(hour), "end": ch_time(hour + timedelta(hours=1))}
 
 
+# Rollup rows of aggregated usage reports (usage_hourly.aggregation; event_name is '').
+REPORTED_DELTA = "REPORTED_DELTA"  # the sum of the hour's DELTA reports
+REPORTED_SET = "REPORTED_SET"  # the hour's last SET value
+
+
 def environments_in(client: Client, db: str, start: datetime, end: datetime) -> list[str]:
+    """Environments with raw events or usage reports in [start, end)."""
     rows = client.query(
         f"SELECT DISTINCT environment FROM {db}.usage_events "
         "WHERE event_time >= {start:DateTime('UTC')} AND event_time < {end:DateTime('UTC')} "
-        "ORDER BY environment",
+        "UNION DISTINCT "
+        f"SELECT DISTINCT environment FROM {db}.usage_reports "
+        "WHERE report_time >= {start:DateTime('UTC')} AND report_time < {end:DateTime('UTC')}",
         parameters={"start": ch_time(start), "end": ch_time(end)},
     ).result_rows
-    return [r[0] for r in rows]
+    return sorted(r[0] for r in rows)
+
+
+def first_receipts(db: str) -> str:
+    """SQL of each report of the hour as first received: one row per (customer, report id)
+    whose first receipt's createdAt is in [start, end) of environment ``env``. A report logged
+    again under its id (a retried call, a reused idempotency key) is a later receipt, counted
+    by nobody, even if its createdAt moved to another hour."""
+    return f"""
+        SELECT customer_id, report_id,
+               argMin(resource_id, received_at) AS resource,
+               argMin(feature_id, received_at) AS feature,
+               argMin(value, received_at) AS amount,
+               argMin(update_behavior, received_at) AS behavior,
+               argMin(report_time, received_at) AS at,
+               min(received_at) AS first_received
+        FROM {db}.usage_reports
+        WHERE environment = {{env:String}}
+          AND (customer_id, report_id) IN (
+              SELECT customer_id, report_id FROM {db}.usage_reports
+              WHERE environment = {{env:String}} AND report_time >= {{start:DateTime('UTC')}}
+                AND report_time < {{end:DateTime('UTC')}})
+        GROUP BY customer_id, report_id
+        HAVING at >= {{start:DateTime('UTC')}} AND at < {{end:DateTime('UTC')}}
+    """
 
 
 def _meter_columns(meters: list[MeterSpec]) -> tuple[str, dict[str, Any]]:
@@ -143,6 +187,29 @@ def insert_rollup(
     )
 
 
+def insert_reports(
+    client: Client, db: str, hour: datetime, environment: str, revision: int
+) -> None:
+    """INSERT ... SELECT the environment's report rows of the hour under ``revision``: per
+    (customer, resource, feature), the sum of DELTA reports and the last SET (by createdAt,
+    then receipt)."""
+    client.command(
+        f"""
+        INSERT INTO {db}.usage_hourly
+            (hour, revision, environment, customer_id, resource_id, feature_id, event_name,
+             aggregation, field, value, events)
+        SELECT {{start:DateTime('UTC')}}, {{revision:UInt64}}, {{env:String}}, customer_id,
+               resource, feature, '',
+               if(behavior = 'SET', '{REPORTED_SET}', '{REPORTED_DELTA}'), '',
+               if(behavior = 'SET', argMax(amount, (at, first_received)), sum(amount)),
+               count()
+        FROM ({first_receipts(db)})
+        GROUP BY customer_id, resource, feature, behavior
+        """,
+        parameters={**hour_bounds(hour), "env": environment, "revision": revision},
+    )
+
+
 def write_revision_header(
     client: Client, db: str, hour: datetime, revision: int, meters: dict[str, list[MeterSpec]]
 ) -> RollupRevision:
@@ -196,7 +263,7 @@ def read_rollup(
         f"SELECT environment, customer_id, resource_id, feature_id, event_name, aggregation, "
         f"field, value, events FROM {db}.usage_hourly "
         "WHERE hour = {start:DateTime('UTC')} AND revision = {revision:UInt64} "
-        "ORDER BY environment, customer_id, resource_id, feature_id",
+        "ORDER BY environment, customer_id, resource_id, feature_id, aggregation",
         parameters={**hour_bounds(hour), "revision": revision},
     )
     return [RollupRow(*(r[:7]), float(r[7]), int(r[8])) for r in result.result_rows]
@@ -205,10 +272,12 @@ def read_rollup(
 def rollup_hour(
     client: Client, db: str, hour: datetime, meters_by_env: dict[str, list[MeterSpec]]
 ) -> RollupRevision:
-    """Roll up one hour for every environment given; replaces the hour's previous rollup."""
+    """Roll up one hour for every environment given (its meters' events and its usage
+    reports); replaces the hour's previous rollup."""
     revision = new_revision()
     for environment, meters in sorted(meters_by_env.items()):
         insert_rollup(client, db, hour, environment, meters, revision)
+        insert_reports(client, db, hour, environment, revision)
     header = write_revision_header(client, db, hour, revision, meters_by_env)
     drop_older_revisions(client, db, hour, revision)
     return header

@@ -25,7 +25,7 @@ from assets.rollups.compute import (
     latest_revision,
     rollup_hour,
 )
-from assets.sources import usage_events
+from assets.sources import usage_events, usage_reports
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,12 @@ def totals_table(rows: list[tuple[str, str, float, int]]) -> str:
     partitions_def=HOURLY,
     backfill_policy=HOURS_PER_RUN,
     group_name="rollups",
-    deps=[usage_events],
+    deps=[usage_events, usage_reports],
     kinds={"clickhouse"},
     retry_policy=RetryPolicy(max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL),
     description="Usage of each hour per (environment, customer, resource, feature), "
-    "from the deduplicated raw events and the catalog's meters. Re-materializing an hour "
-    "replaces it.",
+    "from the deduplicated raw events and the catalog's meters, and from the usage reports "
+    "(reportUsage). Re-materializing an hour replaces it.",
 )
 def hourly_usage_rollup(
     context: AssetExecutionContext,
@@ -113,10 +113,12 @@ def hourly_usage_rollup(
                 meters_for(control_plane, present), latest_revision(client, db, hour)
             )
             header = rollup_hour(client, db, hour, meters)
+            # Report rows apart: an hour's last SET is a level, not to be added to amounts.
             for env, feature, value, events in client.query(
-                f"SELECT environment, feature_id, sum(value), sum(events) FROM {db}.usage_hourly "
+                "SELECT environment, if(event_name = '', feature_id || ' (' || aggregation || ')',"
+                f" feature_id) AS f, sum(value), sum(events) FROM {db}.usage_hourly "
                 "WHERE hour = {h:DateTime('UTC')} AND revision = {r:UInt64} "
-                "GROUP BY environment, feature_id",
+                "GROUP BY environment, f",
                 parameters={"h": hour.strftime("%Y-%m-%d %H:%M:%S"), "r": header.revision},
             ).result_rows:
                 by_feature[(env, feature)][0] += value

@@ -10,15 +10,17 @@ import pytest
 from dagster import AssetSelection
 
 from assets.partitions import floor_hour, hour_key
-from assets.rollups.compute import read_rollup
+from assets.rollups.compute import REPORTED_DELTA, read_rollup
 from byoc_platform.control_plane.client import ControlPlaneClient
 from byoc_platform.warehouse_schema import apply_migrations
 from tests.assets.conftest import checks, metadata, run
 from tests.assets.usage_data import (
     EVENT_COLUMNS,
     Event,
+    Report,
     fresh_hour,
     insert_events,
+    insert_reports,
     make_events,
     settings_file,
 )
@@ -64,8 +66,12 @@ def test_coverage_reports_hours_not_rolled_up_and_stale_after_late_events(env, c
     db, config = own_database
     now = floor_hour(datetime.now(UTC))
     rolled, missed = now - timedelta(hours=3), now - timedelta(hours=5)
+    reported = now - timedelta(hours=7)  # usage reports only, never rolled up
     for hour in (rolled, missed):
         insert_events(ch, db, env, make_events(hour, 20, seed=hour.hour))
+    insert_reports(
+        ch, db, env, [Report("cust-0", "feature-agent-steps", 1.0, reported) for _ in range(2)]
+    )
     assert run(
         AssetSelection.assets("hourly_usage_rollup").without_checks(), hour_key(rolled), config
     ).success
@@ -81,12 +87,14 @@ def test_coverage_reports_hours_not_rolled_up_and_stale_after_late_events(env, c
     assert result.success
     meta = metadata(result, "pipeline_coverage")
     assert meta["hours_with_events"] == 2
-    assert meta["hours_not_rolled_up"] == 1
+    assert meta["hours_with_reports"] == 1
+    assert meta["hours_not_rolled_up"] == 2
     assert meta["hours_stale_after_late_events"] == 1
     assert meta["hours_archived"] == 0
     table = meta["hours"]
-    assert f"| {missed:%Y-%m-%d %H}:00 | 20 | NO |" in table
-    assert f"| {rolled:%Y-%m-%d %H}:00 | 20 | yes | STALE |" in table
+    assert f"| {missed:%Y-%m-%d %H}:00 | 20 | 0 | NO |" in table
+    assert f"| {rolled:%Y-%m-%d %H}:00 | 20 | 0 | yes | STALE |" in table
+    assert f"| {reported:%Y-%m-%d %H}:00 | 0 | 2 | NO |" in table
 
 
 def test_rollup_expectations_accept_the_kept_meters_of_a_deleted_feature(
@@ -126,3 +134,22 @@ def test_rollup_expectations_fail_on_an_empty_key(env, ch, own_database):
     assert [(r["expectation"], r["column"]) for r in failed] == [
         ("expect_column_value_lengths_to_be_between", "customer_id")
     ]
+
+
+def test_rollup_expectations_allow_negative_reported_deltas_only(env, ch, own_database):
+    """A DELTA report may give usage back, so a reported hour may sum below 0; a meter's
+    hourly value may not."""
+    db, config = own_database
+    hour = fresh_hour()
+    at = hour + timedelta(minutes=5)
+    insert_events(ch, db, env, [Event("cust-0", "llm.tokens", "k-neg", at, values={"tokens": -5})])
+    insert_reports(ch, db, env, [Report("cust-1", "feature-agent-steps", -2.0, at)])
+
+    result = run(ROLLUP, hour_key(hour), config)
+
+    rows = {(r.aggregation, r.value) for r in read_rollup(ch, db, hour)}
+    assert {(REPORTED_DELTA, -2.0), ("SUM", -5.0)} <= rows
+    expectations = checks(result)["rollup_expectations"]
+    failed = [r for r in expectations.metadata["results"].value if not r["success"]]
+    assert [(r["column"], r["unexpected_count"]) for r in failed] == [("value", 1)]
+    assert failed[0]["partial_unexpected_list"] == [-5.0]

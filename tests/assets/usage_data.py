@@ -48,6 +48,9 @@ FEATURES = [
         meter=Meter(eventName="llm.tokens", aggregation="UNIQUE", field="model"),
     ),
     Feature(id="feature-sso", featureType="BOOLEAN"),  # no meter: never rolled up
+    # Usage reported as aggregates (reportUsage): DELTA amounts and SET levels.
+    Feature(id="feature-agent-steps", featureType="NUMBER", meterType="Incremental"),
+    Feature(id="feature-seats", featureType="NUMBER", meterType="Fluctuating"),
 ]
 CUSTOMERS = [f"cust-{i}" for i in range(4)]
 EVENT_COLUMNS = [
@@ -151,6 +154,45 @@ def insert_events(client: Any, db: str, env: str, events: list[Event]) -> None:
             for e in events
         ],
         column_names=EVENT_COLUMNS,
+    )
+
+
+@dataclass
+class Report:
+    """One receipt of an aggregated usage report, as the stream processor stores it."""
+
+    customer_id: str
+    feature_id: str
+    value: float
+    report_time: datetime
+    report_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    behavior: str = "DELTA"
+    resource_id: str = ""
+    received_at: datetime | None = None  # default: report_time
+
+
+def insert_reports(client: Any, db: str, env: str, reports: list[Report]) -> None:
+    from byoc_platform.warehouse_schema import USAGE_REPORTS_COLUMNS
+
+    client.insert(
+        f"{db}.usage_reports",
+        [
+            [
+                env,
+                r.customer_id,
+                r.resource_id,
+                r.feature_id,
+                r.report_id,
+                r.value,
+                r.behavior,
+                "",
+                r.report_time,
+                r.received_at or r.report_time,
+                "{}",
+            ]
+            for r in reports
+        ],
+        column_names=list(USAGE_REPORTS_COLUMNS),
     )
 
 

@@ -36,6 +36,7 @@ def test_assets_are_grouped_by_concern():
     assert groups == {
         "usage_events": "sources",
         "usage_minute": "sources",
+        "usage_reports": "sources",
         "late_hours": "sources",
         "hourly_usage_rollup": "rollups",
         "published_usage": "publish",
@@ -43,7 +44,7 @@ def test_assets_are_grouped_by_concern():
         "retention": "retention",
         "pipeline_coverage": "quality",
     }
-    sources = {"usage_events", "usage_minute", "late_hours"}
+    sources = {"usage_events", "usage_minute", "usage_reports", "late_hours"}
     for name in sources:
         assert not _node(name).is_materializable  # external: the stream writes them
     assert all(_node(n).is_materializable for n in groups.keys() - sources)
@@ -54,11 +55,11 @@ def test_dependencies_follow_the_data_flow():
         key.to_user_string(): {p.to_user_string() for p in GRAPH.get(key).parent_keys}
         for key in GRAPH.get_all_asset_keys()
     }
-    assert parents["hourly_usage_rollup"] == {"usage_events"}
+    assert parents["hourly_usage_rollup"] == {"usage_events", "usage_reports"}
     assert parents["published_usage"] == {"hourly_usage_rollup"}
     assert parents["cold_archive"] == {"usage_events"}
     assert parents["retention"] == {"cold_archive"}
-    assert parents["pipeline_coverage"] == {"usage_events", "late_hours"}
+    assert parents["pipeline_coverage"] == {"usage_events", "usage_reports", "late_hours"}
 
 
 def test_partitions_are_utc_hours_and_days():

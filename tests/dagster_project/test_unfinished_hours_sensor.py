@@ -13,6 +13,7 @@ from assets.partitions import floor_hour, hour_key
 from assets.publish.ledger import Entry, plan, read_ledger, record
 from assets.resources import WarehouseResource
 from assets.rollups.compute import read_rollup
+from assets.warehouse_tables import ensure_tables
 from dagster_project.sensors import (
     RETRIES_PER_TICK,
     RETRY_LOOKBACK,
@@ -21,7 +22,7 @@ from dagster_project.sensors import (
     unfinished_hours_sensor,
 )
 from tests.assets.conftest import run
-from tests.assets.usage_data import insert_events, make_events
+from tests.assets.usage_data import Report, fresh_hour, insert_events, insert_reports, make_events
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +107,14 @@ def test_hours_that_keep_failing_do_not_starve_newer_ones(env, config_file):
     requested, _ = _requested(warehouse, cursor)
 
     assert {hour_key(h) for h in newer} <= set(requested)
+
+
+def test_an_hour_with_only_usage_reports_is_unfinished_until_rolled_up(env, ch, config_file):
+    hour = fresh_hour()
+    end = hour + timedelta(hours=1)
+    ensure_tables(ch, "byoc")  # the rollup's tables, as the sensor's resource has them
+    insert_reports(ch, "byoc", env, [Report("cust-0", "feature-agent-steps", 2.0, hour)])
+
+    assert unfinished_hours(ch, "byoc", hour, end) == [hour]
+    assert run(AssetSelection.assets("hourly_usage_rollup"), hour_key(hour), config_file).success
+    assert unfinished_hours(ch, "byoc", hour, end) == []

@@ -1,0 +1,137 @@
+"""Usage reported as aggregates (reportUsage) is rolled up, reconciled and published.
+
+The reports are rows of ``usage_reports`` as the stream processor stores them (its loader is
+tested in tests/streaming/processor/); here the real warehouse and control plane do the rest.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from dagster import AssetSelection
+
+from assets.partitions import hour_key
+from assets.quality.reconciliation import reconcile
+from assets.rollups.compute import REPORTED_DELTA, REPORTED_SET, read_rollup
+from tests.assets.conftest import checks, metadata, run
+from tests.assets.test_publish import control_plane_records, control_plane_totals
+from tests.assets.usage_data import (
+    Event,
+    Report,
+    fresh_hour,
+    insert_events,
+    insert_reports,
+)
+
+pytestmark = pytest.mark.integration
+
+ROLLUP = AssetSelection.assets("hourly_usage_rollup")
+ROLLUP_AND_PUBLISH = AssetSelection.assets("hourly_usage_rollup", "published_usage")
+STEPS = "feature-agent-steps"
+SEATS = "feature-seats"
+CALLS = "feature-api-calls"  # a COUNT meter of "api_call" events
+
+
+def _rows(ch, env, hour) -> dict[tuple[str, str, str, str], float]:
+    return {
+        (r.customer_id, r.resource_id, r.feature_id, r.aggregation): r.value
+        for r in read_rollup(ch, "byoc", hour)
+        if r.environment == env
+    }
+
+
+def test_reports_are_rolled_up_reconciled_and_published_once(infra, env, ch, config_file):
+    hour = fresh_hour()
+    at = hour + timedelta(minutes=10)
+    twice = Report("cust-0", STEPS, 5.0, at)
+    reused = Report("cust-0", STEPS, 7.0, at + timedelta(minutes=1))
+    insert_reports(
+        ch,
+        "byoc",
+        env,
+        [
+            twice,
+            twice,  # the same record read twice from the log
+            reused,
+            # The same id logged again later (a reused idempotency key) with another value:
+            # only its first receipt counts, as in the enforcement counters.
+            Report(
+                "cust-0",
+                STEPS,
+                700.0,
+                at,
+                report_id=reused.report_id,
+                received_at=at + timedelta(minutes=30),
+            ),
+            Report("cust-0", STEPS, -2.5, at + timedelta(minutes=2)),  # a negative DELTA
+            Report("cust-3", STEPS, -1.0, at),  # an hour that gives usage back
+            Report("cust-0", STEPS, 4.0, at, resource_id="team-a"),
+            Report("cust-1", STEPS, 1.25, hour + timedelta(minutes=59, seconds=59)),
+            # Levels: the last SET of the hour (by createdAt) is the row; never published.
+            Report("cust-1", SEATS, 3.0, at, behavior="SET"),
+            Report("cust-1", SEATS, 9.0, at + timedelta(minutes=20), behavior="SET"),
+            Report("cust-1", SEATS, 6.0, at + timedelta(minutes=5), behavior="SET"),
+            # The neighbouring hours' reports are theirs.
+            Report("cust-0", STEPS, 100.0, hour - timedelta(milliseconds=1)),
+            Report("cust-0", STEPS, 100.0, hour + timedelta(hours=1)),
+            # A report on a metered feature adds to its events' count.
+            Report("cust-2", CALLS, 10.0, at),
+        ],
+    )
+    insert_events(
+        ch,
+        "byoc",
+        env,
+        [Event("cust-2", "api_call", f"{env}-e{i}", at) for i in range(3)],
+    )
+
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file)
+
+    assert result.success
+    assert _rows(ch, env, hour) == {
+        ("cust-0", "", STEPS, REPORTED_DELTA): pytest.approx(5.0 + 7.0 - 2.5),
+        ("cust-0", "team-a", STEPS, REPORTED_DELTA): 4.0,
+        ("cust-1", "", STEPS, REPORTED_DELTA): 1.25,
+        ("cust-3", "", STEPS, REPORTED_DELTA): -1.0,
+        ("cust-1", "", SEATS, REPORTED_SET): 9.0,
+        ("cust-2", "", CALLS, REPORTED_DELTA): 10.0,
+        ("cust-2", "", CALLS, "COUNT"): 3.0,
+    }
+    found = checks(result)
+    assert found["rollup_reconciles_with_raw_events"].passed
+    assert found["rollup_expectations"].passed  # a negative reported DELTA is no error
+    assert control_plane_totals(infra.settings, env) == {
+        ("cust-0", "", STEPS): pytest.approx(9.5),
+        ("cust-0", "team-a", STEPS): 4.0,
+        ("cust-1", "", STEPS): 1.25,
+        ("cust-3", "", STEPS): -1.0,
+        ("cust-2", "", CALLS): 13.0,
+    }
+    assert SEATS in metadata(result, "published_usage")["not_published_non_additive_features"]
+
+    # A late report of the hour: the re-run sends exactly the difference, once.
+    insert_reports(
+        ch, "byoc", env, [Report("cust-1", STEPS, 2.0, at, received_at=hour + timedelta(hours=3))]
+    )
+    stale = reconcile(ch, "byoc", hour)
+    assert not stale.passed and stale.mismatches[0]["aggregation"] == REPORTED_DELTA
+    records = len(control_plane_records(infra.settings, env))
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    assert control_plane_totals(infra.settings, env)[("cust-1", "", STEPS)] == pytest.approx(3.25)
+    assert len(control_plane_records(infra.settings, env)) == records + 1
+
+
+def test_an_hour_with_only_reports_is_rolled_up(env, ch, config_file):
+    """The hour's environments come from the reports too (no raw event at all)."""
+    hour = fresh_hour()
+    insert_reports(ch, "byoc", env, [Report("cust-3", STEPS, 2.0, hour + timedelta(minutes=1))])
+    assert not reconcile(ch, "byoc", hour).passed  # reports and no rollup yet
+
+    result = run(ROLLUP, hour_key(hour), config_file)
+
+    assert result.success
+    assert _rows(ch, env, hour) == {("cust-3", "", STEPS, REPORTED_DELTA): 2.0}
+    assert env in metadata(result, "hourly_usage_rollup")["environments"]
+    assert reconcile(ch, "byoc", hour).passed
