@@ -1,4 +1,5 @@
-"""The warehouse schema in a ClickHouse cluster, and ClickHouse's ingestion of the Flink job's rows.
+"""The warehouse schema in a ClickHouse cluster, and ClickHouse's ingestion of the Flink job's rows
+and of the usage reports.
 
 ``warehouse_schema.migrations`` creates ``ReplacingMergeTree`` tables: right for one node. In a
 cluster (deploy/: an Altinity ``ClickHouseInstallation``, one shard, replicas across zones) every
@@ -16,6 +17,17 @@ Only committed transactions are read: the ClickHouse server's librdkafka setting
 set by the installation in deploy/; it is also librdkafka's default). A row that does not
 parse never stops ingestion (``kafka_handle_error_mode = 'stream'``): it goes to
 ``rows_ingest_errors`` with its topic, partition, offset, raw text and error.
+
+The aggregated usage reports (topic ``kafka.reports_topic``, ``usage.reports``: one record =
+one ``UsageReportBatch``) reach ``usage_reports`` the same way with Flink: a queue table reading
+each record whole (``JSONAsString``), a view splitting it into one row per report (the batch is
+checked first: one that does not decode as a ``UsageReportBatch`` goes whole to
+``rows_ingest_errors``, like a row that does not parse), and a view on ``usage_reports`` writing
+a ``late_hours`` row for each report whose hour ended before it was received, so the rollup
+sensor rolls that hour up again. With the embedded stream processor, that processor loads the
+topic instead and none of this exists. ``usage_reports`` itself is one of the hot tables
+(``warehouse_schema``) in every deployment: the rollup reads it whichever engine fills it, so
+it is created (replicated) and checked on every replica like the others.
 
 Delivery from Kafka into ClickHouse is at least once (the engine commits offsets after the
 insert); a row read twice is collapsed by the tables' ``ReplacingMergeTree`` keys under
@@ -46,8 +58,8 @@ log = logging.getLogger("byoc.warehouse")
 REPLICA_PATH = "/clickhouse/tables/{database}/{table}/{shard}"
 REPLICA_NAME = "{replica}"
 
-HOT_TABLES = ("usage_events", "usage_minute", "late_hours")
 ERRORS_TABLE = "rows_ingest_errors"
+REPORTS_TABLE = "usage_reports"
 
 # Format settings of the queue tables (Kafka engine SETTINGS accept format settings).
 # precise_float_parsing: sums and values are compared to the bit with the Python engine.
@@ -132,11 +144,13 @@ def _ms(name: str) -> WireColumn:  # epoch ms -> DateTime64(3, 'UTC')
     return WireColumn(name, "Int64", f"fromUnixTimestamp64Milli(q.{name}, 'UTC')")
 
 
+def _not_before_write(time: str) -> str:  # SQL: a DateTime64(3) time, or the write time if later
+    return f"greatest({time}, now64(3, 'UTC'))"
+
+
 def _written_ms(name: str) -> WireColumn:  # epoch ms -> DateTime64(3), never before the write
     return WireColumn(
-        name,
-        "Int64",
-        f"greatest(fromUnixTimestamp64Milli(q.{name}, 'UTC'), now64(3, 'UTC'))",
+        name, "Int64", _not_before_write(f"fromUnixTimestamp64Milli(q.{name}, 'UTC')")
     )
 
 
@@ -190,6 +204,10 @@ WIRE_COLUMNS: dict[str, tuple[WireColumn, ...]] = {
         _written_ms("recorded_at"),
     ),
 }
+# The tables the Flink job's rows fill, then every table the platform's readers need on each
+# replica: usage_reports is filled from usage.reports, whichever stream engine runs.
+ROW_TABLES = tuple(WIRE_COLUMNS)
+HOT_TABLES = (*ROW_TABLES, REPORTS_TABLE)
 
 # The Kafka engine's virtual columns the views read, with the engine's own types; a stand-in
 # queue (tests) declares them as ordinary columns.
@@ -205,10 +223,11 @@ VIRTUAL_COLUMNS = (
 
 @dataclass(frozen=True)
 class KafkaIngest:
-    """Where ClickHouse reads the Flink job's rows."""
+    """Where ClickHouse reads the Flink job's rows and the usage reports."""
 
     bootstrap: str
     topic_prefix: str = "byoc.rows."
+    reports_topic: str = "usage.reports"
     # Consumer group per table: <group>.<table>. The replicas' queue tables share it, so each
     # partition is read by one replica (replication copies the rows to the others).
     group: str = "byoc-clickhouse-rows"
@@ -216,7 +235,7 @@ class KafkaIngest:
     num_consumers: int = 1  # per replica and table
 
     def topic(self, table: str) -> str:
-        return self.topic_prefix + table
+        return self.reports_topic if table == REPORTS_TABLE else self.topic_prefix + table
 
 
 def queue_table(table: str) -> str:
@@ -229,6 +248,10 @@ def view_name(table: str) -> str:
 
 def errors_view_name(table: str) -> str:
     return f"rows_errors_mv_{table}"
+
+
+def late_hours_view_name(table: str) -> str:
+    return f"rows_late_hours_mv_{table}"
 
 
 def _errors_table(db: str) -> str:
@@ -249,18 +272,188 @@ def _errors_table(db: str) -> str:
         """
 
 
-def _queue_engine(ingest: KafkaIngest, table: str) -> str:
+def _queue_engine(ingest: KafkaIngest, table: str, kafka_format: str) -> str:
     settings = {
         "kafka_broker_list": _literal(ingest.bootstrap),
         "kafka_topic_list": _literal(ingest.topic(table)),
         "kafka_group_name": _literal(f"{ingest.group}.{table}"),
-        "kafka_format": _literal(ingest.format),
+        "kafka_format": _literal(kafka_format),
         "kafka_handle_error_mode": "'stream'",
         "kafka_num_consumers": str(ingest.num_consumers),
         **{k: str(v) for k, v in QUEUE_FORMAT_SETTINGS.items()},
     }
     lines = ",\n            ".join(f"{k} = {v}" for k, v in settings.items())
     return f"ENGINE = Kafka\n        SETTINGS\n            {lines}"
+
+
+# ----------------------------------------------------------------------- usage reports from Kafka
+# A usage.reports record (byoc_platform.events.UsageReportBatch) is one batch of reports, so its
+# queue reads each record whole as text (JSONAsString) into REPORT_RECORD, and the view splits
+# it (ARRAY JOIN of its usages). JSONAsString only checks that a record is one JSON object; the
+# views check the batch itself (:func:`report_problem`) and send one that does not decode, whole,
+# to the error table, as the Python consumers dead-letter it whole.
+REPORT_RECORD = "record"
+REPORTS_FORMAT = "JSONAsString"
+# The DateTime columns (late_hours.hour) end in 2106; a time outside cannot be stored as sent.
+_MAX_MS = 2**32 * 1000 - 1
+
+
+def _json_is(doc: str, key: str, *types: str) -> str:
+    return f"JSONType({doc}, {_literal(key)}) IN ({', '.join(map(_literal, types))})"
+
+
+def _json_ms(doc: str, key: str) -> str:
+    return (
+        f"({_json_is(doc, key, 'Int64')} AND "
+        f"JSONExtractInt({doc}, {_literal(key)}) BETWEEN 0 AND {_MAX_MS})"
+    )
+
+
+def _usages(record: str) -> str:
+    # Each element re-serialized compactly by ClickHouse's JSON parser (simdjson): numbers in
+    # their shortest round-trip form, so a value is read back to the bit.
+    return f"JSONExtractArrayRaw({record}, 'usages')"
+
+
+def _usage_ok(u: str) -> str:
+    """A usage decodes as a UsageReport: the types msgspec checks, and storable times."""
+    dimension_values = ("String", "Int64", "Double", "Bool")  # DimensionValue (Int64: int)
+    checks = [
+        f"JSONType({u}) = 'Object'",
+        *(_json_is(u, key, "String") for key in ("id", "customerId", "featureId")),
+        _json_is(u, "updateBehavior", "String"),
+        _json_is(u, "value", "Int64", "UInt64", "Double"),
+        _json_ms(u, "createdAt"),
+        *(_json_is(u, key, "String", "Null") for key in ("idempotencyKey", "resourceId")),
+        f"(NOT JSONHas({u}, 'dimensions') OR ({_json_is(u, 'dimensions', 'Object')} AND "
+        f"arrayAll(kv -> JSONType(kv.2) IN ({', '.join(map(_literal, dimension_values))}), "
+        f"JSONExtractKeysAndValuesRaw({u}, 'dimensions'))))",
+    ]
+    return " AND ".join(checks)
+
+
+def report_problem(record: str) -> str:
+    """SQL ``WITH`` clause defining ``problem``: why the record text ``record`` is not a
+    UsageReportBatch ('' when it is one)."""
+    cases = [
+        (f"NOT isValidJSON({record})", "'not JSON'"),
+        (f"NOT {_json_is(record, 'v', 'Int64')}", "'v is not an integer'"),
+        (f"NOT {_json_is(record, 'environment', 'String')}", "'environment is not a string'"),
+        (f"NOT {_json_ms(record, 'receivedAt')}", "'receivedAt is not epoch ms (1970-2106)'"),
+        (f"NOT {_json_is(record, 'usages', 'Array')}", "'usages is not an array'"),
+        ("bad_usage > 0", "concat('usages[', toString(bad_usage - 1), '] is not a UsageReport')"),
+    ]
+    return (
+        f"WITH\n            arrayFirstIndex(u -> NOT ({_usage_ok('u')}), {_usages(record)})"
+        " AS bad_usage,\n            multiIf(\n                "
+        + ",\n                ".join(f"{c}, {m}" for c, m in cases)
+        + ",\n                ''\n            ) AS problem"
+    )
+
+
+# usage_reports' columns (warehouse_schema.USAGE_REPORTS_COLUMNS) from a batch ``b.record`` and
+# one of its usages ``u``. Absent optional fields: '' (JSONExtractString of a missing key or
+# null), no dimensions: '{}'. dimensions is the object's text re-serialized compactly by the
+# parser: keys and strings as sent, numbers in ClickHouse's shortest form (3.0 is written 3).
+_B = f"b.{REPORT_RECORD}"
+REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("environment", f"JSONExtractString({_B}, 'environment')"),
+    ("customer_id", "JSONExtractString(u, 'customerId')"),
+    ("resource_id", "JSONExtractString(u, 'resourceId')"),
+    ("feature_id", "JSONExtractString(u, 'featureId')"),
+    ("report_id", "JSONExtractString(u, 'id')"),
+    ("value", "JSONExtractFloat(u, 'value')"),
+    ("update_behavior", "JSONExtractString(u, 'updateBehavior')"),
+    ("idempotency_key", "JSONExtractString(u, 'idempotencyKey')"),
+    ("report_time", "fromUnixTimestamp64Milli(JSONExtractInt(u, 'createdAt'), 'UTC')"),
+    ("received_at", f"fromUnixTimestamp64Milli(JSONExtractInt({_B}, 'receivedAt'), 'UTC')"),
+    ("dimensions", "if(JSONHas(u, 'dimensions'), JSONExtractRaw(u, 'dimensions'), '{}')"),
+)
+
+
+def _report_statements(
+    db: str, on_cluster: str, ingest: KafkaIngest, queue_engine: str | None
+) -> list[str]:
+    """The reports' queue, the late-hours view, the view filling usage_reports, the error view.
+
+    The late hours are read from usage_reports itself (a view on its inserts, created before
+    the queue has a view): every report row the queue's view writes is seen, even those of the
+    first blocks the queue consumes. Since ClickHouse 24.7 a block deduplicated by
+    usage_reports on a retried insert still reaches this view.
+    """
+    table = REPORTS_TABLE
+    record = f"q.{REPORT_RECORD}"
+    problem = report_problem(record)  # the batch is checked once, before its usages are split
+    nested_problem = problem.replace("\n", "\n    ")  # in the view's subquery
+    declared = [(REPORT_RECORD, "String")]
+    if queue_engine is None:
+        engine = _queue_engine(ingest, table, REPORTS_FORMAT)
+    else:
+        declared += list(VIRTUAL_COLUMNS)
+        engine = f"ENGINE = {queue_engine}"
+    body = ",\n            ".join(f"`{name}` {wire_type}" for name, wire_type in declared)
+    select = ",\n            ".join(f"{expr} AS `{name}`" for name, expr in REPORT_COLUMNS)
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.{queue_table(table)}{on_cluster} (
+            {body}
+        )
+        {engine}
+        """,
+        # A report whose hour ended before it was received: the rollup sensor rolls the hour
+        # up again. recorded_at as the Flink rows' late_hours: the write time.
+        f"""
+        CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{late_hours_view_name(table)}{on_cluster}
+        TO {db}.late_hours AS
+        SELECT DISTINCT
+            r.environment AS environment,
+            toStartOfHour(r.report_time) AS hour,
+            {_not_before_write("r.received_at")} AS recorded_at
+        FROM {db}.{table} AS r
+        WHERE toStartOfHour(r.report_time) < toStartOfHour(r.received_at)
+        """,
+        f"""
+        CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view_name(table)}{on_cluster}
+        TO {db}.{table} AS
+        SELECT
+            {select}
+        FROM (
+            {nested_problem}
+            SELECT {record} AS {REPORT_RECORD}
+            FROM {db}.{queue_table(table)} AS q
+            WHERE length(q._error) = 0 AND problem = ''
+        ) AS b
+        ARRAY JOIN {_usages(_B)} AS u
+        """,
+        _errors_view(
+            db,
+            on_cluster,
+            table,
+            raw=f"if(length(q._error) > 0, q._raw_message, {record})",
+            error="if(length(q._error) > 0, q._error, problem)",
+            where="length(q._error) > 0 OR problem != ''",
+            with_=problem,
+        ),
+    ]
+
+
+def _errors_view(
+    db: str, on_cluster: str, table: str, raw: str, error: str, where: str, with_: str = ""
+) -> str:
+    with_ = f"\n        {with_}" if with_ else ""
+    return f"""
+        CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{errors_view_name(table)}{on_cluster}
+        TO {db}.{ERRORS_TABLE} AS{with_}
+        SELECT
+            q._topic AS topic,
+            q._partition AS partition,
+            q._offset AS offset,
+            q._timestamp_ms AS kafka_time,
+            {raw} AS raw_message,
+            {error} AS error
+        FROM {db}.{queue_table(table)} AS q
+        WHERE {where}
+        """
 
 
 def ingest_statements(
@@ -270,7 +463,7 @@ def ingest_statements(
     *,
     queue_engine: str | None = None,
 ) -> list[str]:
-    """The error table, then per table: the queue table, its view, its error view.
+    """The error table, then per table: the queue table, its view(s), its error view.
 
     ``queue_engine`` None: Kafka-engine queues (what a deployment runs). Any other engine
     (``"Null"``) gives queues with the same columns plus the Kafka virtual columns the views
@@ -286,7 +479,7 @@ def ingest_statements(
     for table, columns in WIRE_COLUMNS.items():
         declared = [(c.name, c.wire_type) for c in columns]
         if queue_engine is None:
-            engine = _queue_engine(ingest, table)
+            engine = _queue_engine(ingest, table, ingest.format)
         else:
             declared += list(VIRTUAL_COLUMNS)
             engine = f"ENGINE = {queue_engine}"
@@ -308,36 +501,31 @@ def ingest_statements(
         FROM {db}.{queue_table(table)} AS q
         WHERE length(q._error) = 0
         """)
-        statements.append(f"""
-        CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{errors_view_name(table)}{on_cluster}
-        TO {db}.{ERRORS_TABLE} AS
-        SELECT
-            q._topic AS topic,
-            q._partition AS partition,
-            q._offset AS offset,
-            q._timestamp_ms AS kafka_time,
-            q._raw_message AS raw_message,
-            q._error AS error
-        FROM {db}.{queue_table(table)} AS q
-        WHERE length(q._error) > 0
-        """)
-    return statements
+        statements.append(
+            _errors_view(
+                db, on_cluster, table, "q._raw_message", "q._error", "length(q._error) > 0"
+            )
+        )
+    return statements + _report_statements(db, on_cluster, ingest, queue_engine)
 
 
 # ----------------------------------------------------------------------- chosen by settings
 def kafka_ingest(settings: Settings) -> KafkaIngest:
     assert settings.kafka.bootstrap is not None
     return KafkaIngest(
-        bootstrap=settings.kafka.bootstrap, topic_prefix=settings.flink.sink_topic_prefix
+        bootstrap=settings.kafka.bootstrap,
+        topic_prefix=settings.flink.sink_topic_prefix,
+        reports_topic=settings.kafka.reports_topic,
     )
 
 
 def migrations_for(settings: Settings) -> list[str]:
     """The statements this deployment needs.
 
-    - ``clickhouse.cluster`` unset: the single-node tables (``warehouse_schema``); set: the
-      replicated tables created ``ON CLUSTER`` that cluster.
-    - ``stream.engine = "flink"``: plus the Kafka ingestion of the Flink job's rows.
+    - ``clickhouse.cluster`` unset: the single-node tables (``warehouse_schema``, usage_reports
+      included); set: the replicated tables created ``ON CLUSTER`` that cluster.
+    - ``stream.engine = "flink"``: plus the Kafka ingestion of the Flink job's rows and of the
+      usage reports (``kafka.reports_topic``).
     """
     db, cluster = settings.clickhouse.database, settings.clickhouse.cluster
     statements = cluster_migrations(db, cluster) if cluster else migrations(db)

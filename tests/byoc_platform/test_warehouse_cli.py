@@ -41,9 +41,11 @@ def test_dry_run_prints_the_cluster_statements_without_connecting() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("CREATE DATABASE IF NOT EXISTS byoc ON CLUSTER byoc;")
-    assert out.count("ENGINE = ReplicatedReplacingMergeTree(") == 3
-    assert out.count("ENGINE = Kafka") == 3
+    assert out.count("ENGINE = ReplicatedReplacingMergeTree(") == 4
+    assert out.count("ENGINE = Kafka") == 4
     assert "kafka_topic_list = 'byoc.rows.late_hours'" in out
+    assert "kafka_topic_list = 'usage.reports'" in out
+    assert "CREATE TABLE IF NOT EXISTS byoc.usage_reports ON CLUSTER byoc" in out
 
 
 def test_migrate_creates_the_single_node_schema_and_is_repeatable(infra) -> None:
@@ -54,7 +56,7 @@ def test_migrate_creates_the_single_node_schema_and_is_repeatable(infra) -> None
         for _ in range(2):
             result = _run(env, "--wait-s", "10")
             assert result.returncode == 0, result.stderr
-            assert "warehouse schema ready: 4 statements" in result.stderr
+            assert "warehouse schema ready: 5 statements" in result.stderr
         tables = {t for _, t, _ in table_engines(client, "cli_migrate_local", "system.tables")}
         assert tables == set(HOT_TABLES)
     finally:
@@ -68,7 +70,7 @@ def test_a_statement_the_server_refuses_fails_the_job_naming_it(infra) -> None:
     result = _run(env, "--wait-s", "10")
     assert result.returncode == 1
     assert (
-        "statement 1/4 failed (CREATE DATABASE IF NOT EXISTS cli_migrate_cluster ON CLUSTER byoc)"
+        "statement 1/5 failed (CREATE DATABASE IF NOT EXISTS cli_migrate_cluster ON CLUSTER byoc)"
         in result.stderr
     )
     assert "Requested cluster 'byoc' not found" in result.stderr

@@ -1,7 +1,8 @@
 """The cluster migrations: replicated tables with the local tables' columns, the Kafka ingestion of
-the Flink job's rows, validated in the real ClickHouse engine as far as one node can take them
-(no Keeper, no Kafka here), and chosen by settings. The views' end-to-end behaviour on the job's
-real rows is tests/streaming/flink/test_clickhouse_ingest.py."""
+the Flink job's rows and of the usage reports, validated in the real ClickHouse engine as far as
+one node can take them (no Keeper, no Kafka here), and chosen by settings. The views' end-to-end
+behaviour on the job's real rows is tests/streaming/flink/test_clickhouse_ingest.py, on real
+usage.reports records tests/byoc_platform/test_reports_ingest.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from byoc_platform.warehouse_cluster import (
     HOT_TABLES,
     REPLICA_NAME,
     REPLICA_PATH,
+    REPORT_COLUMNS,
+    REPORT_RECORD,
+    REPORTS_TABLE,
+    ROW_TABLES,
     VIRTUAL_COLUMNS,
     WIRE_COLUMNS,
     KafkaIngest,
@@ -32,7 +37,7 @@ from byoc_platform.warehouse_cluster import (
     table_engines,
     to_replicated,
 )
-from byoc_platform.warehouse_schema import migrations
+from byoc_platform.warehouse_schema import USAGE_REPORTS_COLUMNS, migrations
 from streaming.engine import EVENT_COLUMNS, LATE_HOUR_COLUMNS, MINUTE_COLUMNS
 
 CLUSTER = "byoc"
@@ -95,14 +100,27 @@ def test_queue_columns_are_the_flink_sink_columns_and_the_table_columns() -> Non
         "usage_minute": MINUTE_COLUMNS,
         "late_hours": LATE_HOUR_COLUMNS,
     }
-    assert tuple(WIRE_COLUMNS) == HOT_TABLES
+    assert tuple(WIRE_COLUMNS) == ROW_TABLES
     for table, columns in WIRE_COLUMNS.items():
         assert tuple(c.name for c in columns) == expected[table]
+    # the reports' view fills every column of usage_reports, in the table's order
+    assert tuple(name for name, _ in REPORT_COLUMNS) == USAGE_REPORTS_COLUMNS
+
+
+def test_hot_tables_are_every_table_of_the_schema() -> None:
+    """What the replication check requires on every replica: the Flink rows' tables and
+    usage_reports (which the rollup reads whichever engine fills it)."""
+    created = [
+        s.split("CREATE TABLE IF NOT EXISTS db.", 1)[1].split()[0]
+        for s in migrations("db")
+        if "CREATE TABLE" in s
+    ]
+    assert HOT_TABLES == (*ROW_TABLES, REPORTS_TABLE) == tuple(created)
 
 
 def test_queues_read_the_job_topics_with_error_streaming_and_exact_floats() -> None:
     statements = ingest_statements("byoc", CLUSTER, INGEST)
-    for table in HOT_TABLES:
+    for table in ROW_TABLES:
         queue = next(s for s in statements if f"byoc.{queue_table(table)} ON CLUSTER" in s)
         for setting in (
             "ENGINE = Kafka",
@@ -120,6 +138,31 @@ def test_queues_read_the_job_topics_with_error_streaming_and_exact_floats() -> N
         assert names.index(f"byoc.rows_mv_{table}") < names.index(f"byoc.rows_errors_mv_{table}")
 
 
+def test_the_reports_queue_reads_whole_records_of_the_reports_topic() -> None:
+    statements = ingest_statements("byoc", CLUSTER, INGEST)
+    queue = next(s for s in statements if f"byoc.{queue_table(REPORTS_TABLE)} ON CLUSTER" in s)
+    assert f"`{REPORT_RECORD}` String\n" in queue  # its one column: the record's text
+    for setting in (
+        "ENGINE = Kafka",
+        "kafka_broker_list = 'kafka-0.kafka:9092'",
+        "kafka_topic_list = 'usage.reports'",  # not under the Flink rows' prefix
+        "kafka_group_name = 'byoc-clickhouse-rows.usage_reports'",
+        "kafka_format = 'JSONAsString'",
+        "kafka_handle_error_mode = 'stream'",
+    ):
+        assert setting in queue, setting
+    # The late-hours view reads usage_reports' inserts, so it exists before the queue has a
+    # view (which starts consumption); the error view comes last, as for the rows.
+    names = [s.split("VIEW IF NOT EXISTS ", 1)[1].split()[0] for s in statements if "VIEW" in s]
+    assert names[-3:] == [
+        "byoc.rows_late_hours_mv_usage_reports",
+        "byoc.rows_mv_usage_reports",
+        "byoc.rows_errors_mv_usage_reports",
+    ]
+    late = next(s for s in statements if "rows_late_hours_mv_usage_reports" in s)
+    assert "TO byoc.late_hours AS" in late and "FROM byoc.usage_reports AS r" in late
+
+
 def test_every_statement_is_idempotent() -> None:
     for statement in _deployed():
         assert "IF NOT EXISTS" in statement.split("(", 1)[0].split(" AS", 1)[0]
@@ -132,9 +175,10 @@ def test_every_cluster_statement_parses_in_clickhouse(infra) -> None:
     try:
 
         def formatted(sql: str) -> str:
-            return client.query(
-                "SELECT formatQuery({q:String})", parameters={"q": sql}
-            ).result_rows[0][0]
+            # A literal, not a bound parameter: clickhouse-connect sends a bound value over 4 KB
+            # as a multipart form, which the test warehouse's HTTP front does not read.
+            literal = "'" + sql.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            return client.query(f"SELECT formatQuery({literal})").result_rows[0][0]
 
         for statement in _deployed():
             assert formatted(statement).startswith("CREATE ")
@@ -191,6 +235,7 @@ def test_kafka_queues_and_views_are_accepted_by_the_engine(probe) -> None:
     for table in HOT_TABLES:
         assert tables[queue_table(table)] == "Kafka"
         assert tables[f"rows_mv_{table}"] == tables[f"rows_errors_mv_{table}"] == "MaterializedView"
+    assert tables["rows_late_hours_mv_usage_reports"] == "MaterializedView"
 
 
 def test_stand_in_virtual_columns_have_the_kafka_engines_types(probe) -> None:
@@ -200,8 +245,12 @@ def test_stand_in_virtual_columns_have_the_kafka_engines_types(probe) -> None:
         described = dict(columns)
         for name, ch_type in VIRTUAL_COLUMNS:
             assert described[name] == ch_type, (table, name)
-        wire = [(c.name, c.wire_type) for c in WIRE_COLUMNS[table]]
+        if table == REPORTS_TABLE:
+            wire = [(REPORT_RECORD, "String")]
+        else:
+            wire = [(c.name, c.wire_type) for c in WIRE_COLUMNS[table]]
         assert columns[: len(wire)] == [list(w) for w in wire]
+    assert set(probe["queues"]) == set(HOT_TABLES)
 
 
 # ----------------------------------------------------------------------- settings switch
@@ -217,13 +266,19 @@ def test_settings_choose_single_node_replicated_and_flink_ingest(
         BYOC_STREAM__ENGINE="flink",
         BYOC_KAFKA__BOOTSTRAP="kafka.byoc.svc:9092",
         BYOC_FLINK__SINK_TOPIC_PREFIX="rows.v2.",
+        BYOC_KAFKA__REPORTS_TOPIC="reports.v2",
     )
     statements = migrations_for(flink)
-    assert statements[:4] == cluster_migrations("byoc", "byoc")
-    assert statements[4:] == ingest_statements(
-        "byoc", "byoc", KafkaIngest("kafka.byoc.svc:9092", topic_prefix="rows.v2.")
+    tables = cluster_migrations("byoc", "byoc")
+    assert [s for s in tables if f"byoc.{REPORTS_TABLE} ON CLUSTER" in s]  # in every cluster
+    assert statements[: len(tables)] == tables
+    assert statements[len(tables) :] == ingest_statements(
+        "byoc",
+        "byoc",
+        KafkaIngest("kafka.byoc.svc:9092", topic_prefix="rows.v2.", reports_topic="reports.v2"),
     )
     assert "kafka_topic_list = 'rows.v2.usage_minute'" in "".join(statements)
+    assert "kafka_topic_list = 'reports.v2'" in "".join(statements)
     # the embedded engine writes the tables itself: no queue reads the topics then
     assert not [s for s in migrations_for(clustered) if "Kafka" in s]
 
@@ -246,7 +301,8 @@ def test_single_node_settings_apply_the_local_schema_idempotently(
         assert {(t, e) for _, t, e in rows} == {(t, "ReplacingMergeTree") for t in HOT_TABLES}
         # what the cluster check says about such tables, from the server's own answer
         problems = replication_problems(rows, 1, HOT_TABLES)
-        assert len(problems) == 3
+        assert len(problems) == 4
+        assert "usage_reports is ReplacingMergeTree, not replicated" in problems[-1]
         assert all("is ReplacingMergeTree, not replicated" in p for p in problems)
     finally:
         client.command("DROP DATABASE IF EXISTS cluster_switch_local")
@@ -257,12 +313,14 @@ def test_single_node_settings_apply_the_local_schema_idempotently(
 def test_replication_problems_name_missing_and_unreplicated_tables() -> None:
     good = [(h, t, "ReplicatedReplacingMergeTree") for h in ("r0", "r1", "r2") for t in HOT_TABLES]
     assert replication_problems(good, 3, HOT_TABLES) == []
-    assert replication_problems(good[:6], 3, HOT_TABLES) == ["tables found on 2 of 3 replicas"]
-    mixed = [r for r in good if r[:2] != ("r1", "late_hours")]
+    two_hosts = good[: 2 * len(HOT_TABLES)]
+    assert replication_problems(two_hosts, 3, HOT_TABLES) == ["tables found on 2 of 3 replicas"]
+    mixed = [r for r in good if r[:2] not in {("r1", "late_hours"), ("r2", "usage_reports")}]
     mixed[0] = ("r0", "usage_events", "ReplacingMergeTree")
     assert replication_problems(mixed, 3, HOT_TABLES) == [
         "r0: usage_events is ReplacingMergeTree, not replicated",
         "r1: late_hours is missing",
+        "r2: usage_reports is missing",
     ]
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import chdb
 
 from byoc_platform.warehouse_cluster import (
+    HOT_TABLES,
     KafkaIngest,
     cluster_migrations,
     ingest_statements,
@@ -65,7 +66,7 @@ def main(database: str, cluster: str) -> None:
     )
     tables = dict(cur.fetchall())
     queues = {}
-    for table in ("usage_events", "usage_minute", "late_hours"):
+    for table in HOT_TABLES:
         cur.execute(
             f"DESCRIBE TABLE {database}.{queue_table(table)} "
             "SETTINGS describe_include_virtual_columns = 1"

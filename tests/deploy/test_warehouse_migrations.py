@@ -1,5 +1,6 @@
 """The warehouse schema in a cluster: the migration Job, the settings it runs with, and the Kafka
-ingestion of the Flink job's rows agree with the rendered ClickHouse, Kafka and Flink objects.
+ingestion of the Flink job's rows and of the usage reports agree with the rendered ClickHouse,
+Kafka and Flink objects.
 
 The statements themselves are tested in tests/byoc_platform/test_warehouse_cluster.py and, end
 to end on the job's rows, in tests/streaming/flink/test_clickhouse_ingest.py; here the
@@ -16,7 +17,10 @@ from byoc_platform.warehouse_cluster import (
     HOT_TABLES,
     REPLICA_NAME,
     REPLICA_PATH,
+    REPORTS_TABLE,
+    ROW_TABLES,
     migrations_for,
+    queue_table,
 )
 from tests.deploy.deploy_manifests import OVERLAYS, Obj, named, of_kind, render
 
@@ -88,16 +92,25 @@ def test_production_ingests_the_flink_rows_from_the_rendered_topics(
     objs = render("production")
     settings = _settings(objs, monkeypatch)
     assert settings.stream.engine == "flink"
-    ddl = "".join(migrations_for(settings))
-    assert ddl.count("ENGINE = Kafka") == len(HOT_TABLES)
+    statements = migrations_for(settings)
+    ddl = "".join(statements)
+    assert ddl.count("ENGINE = Kafka") == len(ROW_TABLES) + 1  # + the usage reports' queue
     assert f"kafka_broker_list = '{settings.kafka.bootstrap}'" in ddl
     topics = {t["spec"]["topicName"]: t["spec"] for t in of_kind(objs, "KafkaTopic")}
-    for table in HOT_TABLES:
+    for table in ROW_TABLES:
         topic = settings.flink.sink_topic_prefix + table
         assert f"kafka_topic_list = '{topic}'" in ddl
         assert (
             topics[topic]["replicas"] == 3 and topics[topic]["config"]["min.insync.replicas"] == 2
         )
+    # The reports' queue reads the topic the runtime API writes (the same ConfigMap), which
+    # the base deploys; it keeps reports 35 days, so a new consumer group loads them all.
+    (reports_queue,) = [s for s in statements if f".{queue_table(REPORTS_TABLE)} ON" in s]
+    reports = settings.kafka.reports_topic
+    assert f"kafka_topic_list = '{reports}'" in reports_queue
+    assert (
+        topics[reports]["replicas"] == 3 and topics[reports]["config"]["min.insync.replicas"] == 2
+    )
     # The Flink pods read the same ConfigMap, so the job writes where ClickHouse reads.
     flink = of_kind(objs, "FlinkDeployment")[0]["spec"]["podTemplate"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "byoc-config"}} in flink["envFrom"]
@@ -113,6 +126,9 @@ def test_dev_writes_the_tables_from_the_embedded_processor_only(
     objs = render("dev")
     settings = _settings(objs, monkeypatch)
     assert settings.stream.engine == "embedded"
-    assert not [s for s in migrations_for(settings) if "Kafka" in s]
+    statements = migrations_for(settings)
+    assert not [s for s in statements if "Kafka" in s]
+    # usage_reports exists there too (the embedded processor fills it; the rollup reads it)
+    assert len([s for s in statements if "ENGINE = Replicated" in s]) == len(HOT_TABLES)
     assert not of_kind(objs, "FlinkDeployment")
     assert not [t for t in of_kind(objs, "KafkaTopic") if "rows" in t["spec"]["topicName"]]
