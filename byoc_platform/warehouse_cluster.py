@@ -310,8 +310,8 @@ def _json_ms(doc: str, key: str) -> str:
 
 
 def _usages(record: str) -> str:
-    # Each element re-serialized compactly by ClickHouse's JSON parser (simdjson): numbers in
-    # their shortest round-trip form, so a value is read back to the bit.
+    # Each element's text as re-serialized compactly by ClickHouse's JSON parser: numbers in
+    # their shortest form, which loses a float's type (3.0 is written 3, -0.0 is -0).
     return f"JSONExtractArrayRaw({record}, 'usages')"
 
 
@@ -351,18 +351,22 @@ def report_problem(record: str) -> str:
     )
 
 
-# usage_reports' columns (warehouse_schema.USAGE_REPORTS_COLUMNS) from a batch ``b.record`` and
-# one of its usages ``u``. Absent optional fields: '' (JSONExtractString of a missing key or
-# null), no dimensions: '{}'. dimensions is the object's text re-serialized compactly by the
-# parser: keys and strings as sent, numbers in ClickHouse's shortest form (3.0 is written 3).
+# usage_reports' columns (warehouse_schema.USAGE_REPORTS_COLUMNS) from a batch ``b.record``,
+# one of its usages ``u`` and that usage's value ``v``. Absent optional fields: '' (the
+# JSONExtractString of a missing key or null), no dimensions: '{}'. dimensions is the object's
+# text as _usages re-serializes it: keys and strings as sent, numbers in ClickHouse's shortest
+# form. The value is read from the record's own text (all of a record's at once), so -0.0 stays
+# -0.0, and to the bit: simdjson parses doubles exactly (it is the JSON functions' parser on
+# AVX2 hosts, allow_simdjson = 1 by default; rapidjson, the fallback, can be 1 ulp off).
 _B = f"b.{REPORT_RECORD}"
+_VALUES = f"tupleElement(JSONExtract({_B}, 'usages', 'Array(Tuple(value Float64))'), 'value')"
 REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("environment", f"JSONExtractString({_B}, 'environment')"),
     ("customer_id", "JSONExtractString(u, 'customerId')"),
     ("resource_id", "JSONExtractString(u, 'resourceId')"),
     ("feature_id", "JSONExtractString(u, 'featureId')"),
     ("report_id", "JSONExtractString(u, 'id')"),
-    ("value", "JSONExtractFloat(u, 'value')"),
+    ("value", "v"),
     ("update_behavior", "JSONExtractString(u, 'updateBehavior')"),
     ("idempotency_key", "JSONExtractString(u, 'idempotencyKey')"),
     ("report_time", "fromUnixTimestamp64Milli(JSONExtractInt(u, 'createdAt'), 'UTC')"),
@@ -423,7 +427,9 @@ def _report_statements(
             FROM {db}.{queue_table(table)} AS q
             WHERE length(q._error) = 0 AND problem = ''
         ) AS b
-        ARRAY JOIN {_usages(_B)} AS u
+        ARRAY JOIN
+            {_usages(_B)} AS u,
+            {_VALUES} AS v
         """,
         _errors_view(
             db,
