@@ -61,8 +61,8 @@ def migrate(
     """Create the warehouse schema this deployment needs (idempotent).
 
     The hot tables (replicated ON CLUSTER when clickhouse.cluster is set) and, when
-    stream.engine is flink, the Kafka ingestion of the Flink job's rows. In a cluster, then
-    check that every replica holds replicated tables.
+    stream.engine is flink, the Kafka ingestion of the Flink job's rows and of the usage
+    reports. In a cluster, then check that every replica holds replicated tables.
     """
     from byoc_platform.warehouse_cluster import SchemaError, check_replicated, migrations_for
 
