@@ -294,4 +294,9 @@ def encode_report_batch(batch: UsageReportBatch) -> bytes:
 
 
 def decode_report_batch(data: bytes) -> UsageReportBatch:
-    return _report_decoder.decode(data)
+    """Decode a record value; any undecodable value raises msgspec.DecodeError (as
+    :func:`decode_batch`: its consumers skip those, and a raw UnicodeDecodeError stopped them)."""
+    try:
+        return _report_decoder.decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:  # invalid UTF-8, absurd nesting
+        raise msgspec.DecodeError(f"undecodable record: {type(exc).__name__}") from exc

@@ -19,6 +19,16 @@ class ProcessorMetrics:
             "Records that are not EventBatch JSON (skipped, logged)",
             registry=r,
         )
+        self.reports_loaded = Counter(
+            "byoc_stream_reports_loaded",
+            "Usage reports from usage.reports inserted into usage_reports (offsets committed)",
+            registry=r,
+        )
+        self.reports_skipped = Counter(
+            "byoc_stream_reports_bad_records",
+            "usage.reports records that are not UsageReportBatch JSON (skipped, logged)",
+            registry=r,
+        )
         self.events = Counter(
             "byoc_stream_events", "Unique events accepted (first occurrences)", registry=r
         )

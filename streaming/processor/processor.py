@@ -50,6 +50,7 @@ from streaming.engine import Counters, EngineConfig, StreamEngine
 from streaming.processor.checkpoints import CheckpointStore, stream_name
 from streaming.processor.deduped import Accepted, DedupedPublisher
 from streaming.processor.metrics import ProcessorMetrics
+from streaming.processor.reports import ReportsLoader
 from streaming.processor.warehouse_sink import WarehouseSink
 from streaming.processor.writer import FlushJob, PartitionFlush, Writer
 
@@ -107,6 +108,7 @@ class StreamProcessor:
             self.abort,
         )
         self.writer = Writer(self.store, sink, publisher, self.topic, self.metrics)
+        self.reports = ReportsLoader(settings, self.metrics, self.instance_id)
         self._consumer: Any = None
         self._fences: dict[int, _Fence] = {}
         self._held: dict[int, list[Any]] = {}  # records behind a replay boundary, in order
@@ -153,6 +155,7 @@ class StreamProcessor:
         if not self.prepare():
             return
         self.writer.start()
+        self.reports.start()
         consumer = Consumer(
             clients.consumer_config(
                 self.settings,
@@ -200,6 +203,8 @@ class StreamProcessor:
                 self._collect_results()
                 if self.writer.error is not None:
                     raise RuntimeError("stream writer failed") from self.writer.error
+                if self.reports.error is not None:
+                    raise RuntimeError("reports loader failed") from self.reports.error
                 now = time.monotonic()
                 # While a job already waits for the writer, keep accumulating: bigger flushes
                 # when the warehouse is slow, instead of a queue of small ones (adaptive).
@@ -212,6 +217,7 @@ class StreamProcessor:
 
     def _shutdown(self, consumer: Any) -> None:
         self.phase = "stopping"
+        self.reports.request_stop()  # finishes its batch meanwhile; joined below
         try:
             if self.writer.error is None:
                 self._flush()
@@ -223,6 +229,7 @@ class StreamProcessor:
             self.abort.set()  # nothing may block from here on
             consumer.close()  # leaves the group (on_revoke: nothing left to flush)
         finally:
+            self.reports.stop(SHUTDOWN_WRITE_TIMEOUT_S)
             self.writer.stop(5.0)
             self.store.close()
             self.phase = "stopped"
@@ -498,8 +505,14 @@ class StreamProcessor:
 
     # ------------------------------------------------------------------ health
     def healthy(self) -> tuple[bool, dict[str, object]]:
-        stuck = self.phase == "running" and time.monotonic() - self.last_loop > 120
-        return not stuck and self.phase != "stopped", {"phase": self.phase}
+        running = self.phase == "running"
+        stuck = running and time.monotonic() - self.last_loop > 120
+        reports = self.reports.status()
+        failed = running and not reports["alive"]  # the loop raises its error right after
+        return not (stuck or failed) and self.phase != "stopped", {
+            "phase": self.phase,
+            "reports": reports,
+        }
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         clickhouse = self._clickhouse_reachable()

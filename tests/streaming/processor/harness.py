@@ -38,6 +38,7 @@ def isolated_settings(
     s.data_dir = data_dir
     s.kafka.events_topic = f"test.events.{tag}"
     s.kafka.deduped_topic = f"test.deduped.{tag}"
+    s.kafka.reports_topic = f"test.reports.{tag}"
     s.kafka.partitions = partitions
     s.stream.consumer_group = f"test-stream-{tag}"
     for name, value in stream.items():
@@ -54,7 +55,7 @@ def isolated_settings(
 
 
 def topics(s: Settings) -> list[str]:
-    return [s.kafka.events_topic, s.kafka.deduped_topic]
+    return [s.kafka.events_topic, s.kafka.deduped_topic, s.kafka.reports_topic]
 
 
 def write_config(s: Settings, path: Path) -> Path:
