@@ -176,6 +176,7 @@ class StreamSettings(BaseModel):
     dedup_window_s: float = 7 * 24 * 3600.0
     out_of_orderness_ms: int = Field(default=5000, ge=0)
     window_ms: PositiveInt = 60_000
+    # The processor's group on usage.events; its usage.reports loader uses "<this>-reports".
     consumer_group: str = "byoc-stream"
     max_batch: PositiveInt = 20_000
     flush_interval_ms: PositiveInt = 200

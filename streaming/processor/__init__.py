@@ -1,9 +1,14 @@
 """The embedded stream processor: Kafka ``usage.events`` -> dedup + windows -> ClickHouse.
 
+It writes ``usage_events``, ``usage_minute`` and ``late_hours`` (from ``usage.events``),
+publishes ``usage.deduped``, and loads aggregated usage, ``usage.reports``, into
+``usage_reports`` (and its late hours into ``late_hours``) on a thread of its own
+(:mod:`.reports`: at-least-once, no checkpoint; everything below is about ``usage.events``).
+
 Pieces: :mod:`.processor` (consumer loop, rebalances), :mod:`.writer` (the ordered write path),
 :mod:`.warehouse_sink` (ClickHouse blocks with dedup tokens), :mod:`.deduped` (``usage.deduped``),
-:mod:`.checkpoints` (SQLite state), :mod:`.health` and :mod:`.metrics`. The semantics live in
-the pure core, streaming/engine/.
+:mod:`.reports` (``usage.reports``), :mod:`.checkpoints` (SQLite state), :mod:`.health` and
+:mod:`.metrics`. The semantics live in the pure core, streaming/engine/.
 
 Where state lives, and why
 --------------------------

@@ -2,7 +2,8 @@
 
 The processor's hot loop is synchronous (the Kafka client blocks), so the HTTP side lives in its
 own daemon thread rather than an event loop. /healthz: the process is up and its loop is not
-stuck. /readyz: the consumer has joined its group and ClickHouse answers.
+stuck, and the usage-reports loader thread runs (its counts and last error are in the body).
+/readyz: the consumer has joined its group and ClickHouse answers.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ Rebalances (eager protocol): on revoke, the revoked partitions are flushed and t
 (their checkpoints committed) before the partitions are released; on assign, the writer is
 drained first, then each partition is claimed (fencing any previous owner) and restored.
 SIGTERM: finish the batch in hand, flush, checkpoint, leave the group, exit 0.
+
+The processor also hosts the :class:`~streaming.processor.reports.ReportsLoader` (``usage.reports``
+-> ``usage_reports``, its own thread and consumer group): started with the consumer, stopped
+with it (its batch in hand finished and committed), and a failure of it stops the processor as
+a writer failure does.
 """
 
 from __future__ import annotations

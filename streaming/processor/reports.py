@@ -129,12 +129,7 @@ class ReportsLoader:
     """The consumer thread: ``start``, then ``stop`` (finishes the batch in hand, commits,
     closes). A failure stops the thread and is kept in :attr:`error` for the host to raise."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: ProcessorMetrics,
-        client_id: str,
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: ProcessorMetrics, client_id: str) -> None:
         self.settings = settings
         self.topic = settings.kafka.reports_topic
         self.group = reports_group(settings)
@@ -239,7 +234,7 @@ class ReportsLoader:
             batch.cover(message.partition(), message.offset())
             self._take(message, batch)
         job = job_key(batch.ranges)
-        if batch.reports:
+        if batch.report_count:
             self.sink.insert(
                 REPORTS_TABLE,
                 USAGE_REPORTS_COLUMNS,

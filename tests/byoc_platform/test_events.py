@@ -13,6 +13,7 @@ from byoc_platform.events import (
     UsageEvent,
     decode_batch,
     decode_event_row,
+    decode_report_batch,
     split_records,
 )
 
@@ -130,6 +131,22 @@ def test_a_flink_row_keeps_dimension_types_and_no_resource_as_none() -> None:
 def test_an_undecodable_flink_row_raises_a_msgspec_error(row: bytes) -> None:
     with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
         decode_event_row(row)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"not json",
+        b'{"v":1,"environment":"\xff","receivedAt":1,"usages":[]}',  # invalid UTF-8
+        b"[" * 100_000,  # nesting deeper than the decoder's recursion limit
+        b'{"v":1,"environment":"e","receivedAt":1}',  # no usages
+    ],
+)
+def test_an_undecodable_report_record_raises_a_msgspec_error(record: bytes) -> None:
+    """Its consumers (the enforcement feed, the reports loader) skip msgspec errors only: a raw
+    UnicodeDecodeError stopped them on the record, and they read it again for ever."""
+    with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+        decode_report_batch(record)
 
 
 def test_a_record_with_an_integer_beyond_64_bits_is_refused_whole() -> None:
