@@ -32,6 +32,11 @@ install-system:  ## Debian packages: a JDK (Flink), PostgreSQL (ledger tests); c
 install-python:  ## uv and the locked environment (.venv)
 	@command -v uv >/dev/null || python3 -m pip install --quiet --user uv
 	uv sync --frozen --quiet
+	@# Two wheels ship stigg/__init__.py: Stigg's REST SDK (`stigg`, dev: compatibility tests)
+	@# and stigg-api-client-v2 (the one stigg-sidecar-sdk imports). uv installs in parallel,
+	@# so either may end up on disk; the GraphQL client's must (the images install no REST SDK).
+	@.venv/bin/python -c 'from stigg import AsyncStiggClient' 2>/dev/null \
+	  || uv sync --frozen --quiet --reinstall-package stigg-api-client-v2
 
 install-flink: install-python  ## PyFlink's own environment (streaming/flink/.venv; pins pyarrow<17)
 	@if [ -x streaming/flink/setup_env.sh ]; then streaming/flink/setup_env.sh; fi
