@@ -1,28 +1,40 @@
 """Usage reported as aggregates (reportUsage) is rolled up, reconciled and published.
 
 The reports are rows of ``usage_reports`` as the stream processor stores them (its loader is
-tested in tests/streaming/processor/); here the real warehouse and control plane do the rest.
+tested in tests/streaming/processor/); here the real warehouse and control plane do the rest,
+and the last test follows reports from the official SDK to the control plane through the stack.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from dagster import AssetSelection
+from stigg._client import Stigg
 
 from assets.partitions import hour_key
 from assets.quality.reconciliation import reconcile
 from assets.rollups.compute import REPORTED_DELTA, REPORTED_SET, read_rollup
+from byoc_platform.catalog import Customer
+from byoc_platform.control_plane.client import ControlPlaneClient
+from byoc_platform.stack.supervisor import Supervisor
 from tests.assets.conftest import checks, metadata, run
 from tests.assets.test_publish import control_plane_records, control_plane_totals
 from tests.assets.usage_data import (
+    FEATURES,
     Event,
     Report,
     fresh_hour,
     insert_events,
     insert_reports,
+    settings_file,
 )
+from tests.streaming.ingest.harness import start_api
+from tests.streaming.processor.harness import isolated_settings
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +147,64 @@ def test_an_hour_with_only_reports_is_rolled_up(env, ch, config_file):
     assert _rows(ch, env, hour) == {("cust-3", "", STEPS, REPORTED_DELTA): 2.0}
     assert env in metadata(result, "hourly_usage_rollup")["environments"]
     assert reconcile(ch, "byoc", hour).passed
+
+
+def test_reports_sent_with_the_official_sdk_are_billed(infra, tmp_path: Path):
+    """REST /api/v2/usage (stigg SDK) -> usage.reports -> the stream processor -> usage_reports
+    -> hourly rollup -> ReportUsageBulk to the control plane."""
+    # A processor of its own (group, data dir), loading the stack's usage.reports.
+    s = isolated_settings(infra.settings, tmp_path / "stack")
+    s.kafka.reports_topic = infra.settings.kafka.reports_topic
+    env, customer = s.environment, f"cust-{uuid.uuid4().hex[:8]}"
+    with ControlPlaneClient.from_settings(s) as cp:
+        for feature in FEATURES:
+            cp.put_entity(env, feature)
+        cp.put_entity(env, Customer(id=customer, name=customer))
+    hour = fresh_hour()
+    at = (hour + timedelta(minutes=15)).isoformat().replace("+00:00", "Z")
+    api = start_api(infra.settings, infra.api_key, tmp_path / "api")
+    supervisor = Supervisor(s, ["stream"], restart=False)
+    supervisor.start()
+    try:
+        client = Stigg(api_key=api.api_key, base_url=api.url)
+        usages = [
+            {"customer_id": customer, "feature_id": STEPS, "value": 5, "created_at": at},
+            {
+                "customer_id": customer,
+                "feature_id": STEPS,
+                "value": 2.5,
+                "created_at": at,
+                "idempotency_key": "steps-1",
+            },
+            {
+                "customer_id": customer,
+                "feature_id": SEATS,
+                "value": 4,
+                "created_at": at,
+                "update_behavior": "SET",
+            },
+        ]
+        client.v2.usage.report(usages=usages)
+        # The same idempotency key again, with another value: the first one stands.
+        client.v2.usage.report(usages=[{**usages[1], "value": 250}])
+        ch = infra.clickhouse()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            stored = ch.query(
+                "SELECT count() FROM byoc.usage_reports FINAL WHERE customer_id = {c:String}",
+                parameters={"c": customer},
+            ).result_rows[0][0]
+            if stored >= 4:
+                break
+            time.sleep(0.5)
+        ch.close()
+        assert stored == 4  # four receipts, the reused key's too
+    finally:
+        supervisor.stop()
+        api.stop()
+
+    result = run(ROLLUP_AND_PUBLISH, hour_key(hour), settings_file(tmp_path, s))
+
+    assert result.success
+    totals = {k: v for k, v in control_plane_totals(s, env).items() if k[0] == customer}
+    assert totals == {(customer, "", STEPS): 7.5}
