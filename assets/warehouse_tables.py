@@ -9,6 +9,8 @@
 - ``usage_published``: the publish ledger. One row per (key, hour, revision) holding the
   DELTA sent to the control plane under one idempotency key; ``status`` goes pending -> sent
   (ReplacingMergeTree on ``recorded_at``: read with FINAL). Sum of deltas = published total.
+- ``usage_published_levels``: the publish ledger of SET levels (assets/publish/levels.py):
+  one row per (key, hour, revision) holding the level sent with updateBehavior SET.
 - ``archive_manifests``: one row per archived (environment, hour): object, row count,
   checksum, content fingerprint, verification state (ReplacingMergeTree: read with FINAL).
 - ``retention_log``: every deletion and every refusal of the retention asset.
@@ -61,6 +63,23 @@ def statements(db: str) -> list[str]:
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.usage_published (
+            environment LowCardinality(String),
+            hour DateTime('UTC'),
+            customer_id String,
+            resource_id String,
+            feature_id String,
+            revision UInt32,
+            delta Float64,
+            total Float64,
+            idempotency_key String,
+            status LowCardinality(String),
+            recorded_at DateTime64(6, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree(recorded_at)
+        ORDER BY (environment, hour, customer_id, resource_id, feature_id, revision)
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.usage_published_levels (
             environment LowCardinality(String),
             hour DateTime('UTC'),
             customer_id String,

@@ -180,16 +180,21 @@ ACTIVE = [
 
 def unfinished_hours(client: Any, db: str, start: datetime, end: datetime) -> list[datetime]:
     """Hours in [start, end), oldest first, with usage the control plane has not acknowledged
-    (``pending`` publish ledger rows) or with raw events or usage reports but no rollup
+    (``pending`` rows of the publish ledgers) or with raw events or usage reports but no rollup
     revision (a rollup that failed, e.g. while the catalog was unreachable). The raw events,
-    not usage_minute:
-    they are what the rollup reads, and a restore writes only them; a scan of one column of
-    a week of them every 5 minutes (~0.6 G rows at 1,000 events/s)."""
+    not usage_minute: they are what the rollup reads, and a restore writes only them; a scan
+    of one column of a week of them every 5 minutes (~0.6 G rows at 1,000 events/s)."""
     bounds = {"start": ch_time(start), "end": ch_time(end)}
     rows = client.query(
         f"""
         SELECT hour FROM (
             SELECT hour, status FROM {db}.usage_published FINAL
+            WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}
+        )
+        WHERE status = 'pending'
+        UNION DISTINCT
+        SELECT hour FROM (
+            SELECT hour, status FROM {db}.usage_published_levels FINAL
             WHERE hour >= {{start:DateTime('UTC')}} AND hour < {{end:DateTime('UTC')}}
         )
         WHERE status = 'pending'

@@ -19,18 +19,21 @@ from dagster import (
 from assets.meters import ADDITIVE
 from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.publish.ledger import Entry, Key, plan, read_ledger, record
+from assets.publish.levels import TABLE as LEVELS_TABLE
+from assets.publish.levels import plan_levels, read_levels, superseded
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
-from assets.rollups.compute import REPORTED_DELTA, latest_revision, read_rollup
+from assets.rollups.compute import REPORTED_DELTA, REPORTED_SET, latest_revision, read_rollup
 from assets.rollups.defs import hourly_usage_rollup
 
 # One publish at a time per instance: two concurrent publishes of one hour could both plan
 # the same revision with different deltas (see ledger.py). Set this pool's limit to 1.
 PUBLISH_POOL = "control_plane_publish"
 
-# Rollup rows published as DELTAs: additive meters and reported DELTAs. An hour's MAX, UNIQUE
-# or last SET is a level, not an amount: summing hours of it would bill the sum of levels.
+# Rollup rows published as DELTAs: additive meters and reported DELTAs. An hour's MAX or
+# UNIQUE is a level, not an amount: summing hours of it would bill the sum of levels; the last
+# reported SET is a level too, sent as SET (levels.py).
 PUBLISHED = ADDITIVE | {REPORTED_DELTA}
 
 
@@ -44,6 +47,8 @@ class HourPublished:
     unchanged: int
     bulks: int
     rejected: list[tuple[Entry, str]]
+    levels_sent: int
+    levels_superseded: int
     published_total: float
     rollup_total: float
     skipped: list[str]
@@ -78,19 +83,35 @@ def publish_hour(
     result = send(
         graphql, todo.to_send, bulk_size, on_sent=lambda bulk: record(client, db, bulk, "sent")
     )
+    # Then the hour's SET levels, in their own ledger (levels.py).
+    levels = {r.key: r.value for r in rows if r.aggregation == REPORTED_SET}
+    later = superseded(client, db, hour, sorted(levels))
+    level_todo = plan_levels(hour, levels, read_levels(client, db, hour), later)
+    record(client, db, level_todo.replaced, "replaced", table=LEVELS_TABLE)
+    record(client, db, level_todo.new, "pending", table=LEVELS_TABLE)
+    level_result = send(
+        graphql,
+        level_todo.to_send,
+        bulk_size,
+        on_sent=lambda bulk: record(client, db, bulk, "sent", table=LEVELS_TABLE),
+    )
     published = read_ledger(client, db, hour)
     return HourPublished(
         hour=hour_key(hour),
         revision=revision,
-        sent=result.sent,
-        new=len(todo.new),
-        resent=len(todo.resend),
-        unchanged=todo.unchanged,
-        bulks=result.bulks,
-        rejected=result.rejected,
+        sent=result.sent + level_result.sent,
+        new=len(todo.new) + len(level_todo.new),
+        resent=len(todo.resend) + len(level_todo.resend),
+        unchanged=todo.unchanged + level_todo.unchanged,
+        bulks=result.bulks + level_result.bulks,
+        rejected=result.rejected + level_result.rejected,
+        levels_sent=len(level_result.sent),
+        levels_superseded=level_todo.superseded,
         published_total=sum(e.delta for e in published if e.status == "sent"),
         rollup_total=sum(targets.values()),
-        skipped=sorted({r.feature_id for r in rows if r.aggregation not in PUBLISHED}),
+        skipped=sorted(
+            {r.feature_id for r in rows if r.aggregation not in PUBLISHED | {REPORTED_SET}}
+        ),
     )
 
 
@@ -104,8 +125,9 @@ def publish_hour(
     pool=PUBLISH_POOL,
     retry_policy=RetryPolicy(max_retries=3, delay=15, backoff=Backoff.EXPONENTIAL),
     description="The hour's rollup reported to the control plane (ReportUsageBulk, DELTA per "
-    "idempotency key): a re-run or backfill sends only what changed, so nothing is counted "
-    "twice. Refuses hours that do not reconcile with the raw events.",
+    "idempotency key; reported SET levels as SET): a re-run or backfill sends only what "
+    "changed, so nothing is counted twice. Refuses hours that do not reconcile with the raw "
+    "events and reports.",
 )
 def published_usage(
     context: AssetExecutionContext,
@@ -164,7 +186,9 @@ def published_usage(
         "unchanged_keys": sum(h.unchanged for h in done),
         "bulks": sum(h.bulks for h in done),
         "bulk_size": bulk_size,
-        "delta_sent": sum(e.delta for e in sent),
+        "delta_sent": sum(e.delta for e in sent if e.behavior == "DELTA"),
+        "levels_sent": sum(h.levels_sent for h in done),
+        "levels_superseded_by_later_hours": sum(h.levels_superseded for h in done),
         "published_total": sum(h.published_total for h in done),
         "rollup_total": sum(h.rollup_total for h in done),
         "not_published_non_additive_features": MetadataValue.json(

@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str, str, str]  # environment, customer, resource, feature
 KEY_PREFIX = "byoc-rollup"
+TABLE = "usage_published"
 
 
-def idempotency_key(key: Key, hour: datetime, revision: int) -> str:
+def idempotency_key(key: Key, hour: datetime, revision: int, prefix: str = KEY_PREFIX) -> str:
     """Deterministic from (environment, customer, resource, feature, hour, revision)."""
     digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:32]
-    return f"{KEY_PREFIX}:{hour.strftime('%Y%m%dT%H')}:{digest}:r{revision}"
+    return f"{prefix}:{hour.strftime('%Y%m%dT%H')}:{digest}:r{revision}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Entry:
     total: float  # the rollup value this revision brings the published total to
     idempotency_key: str
     status: str  # pending | sent
+    behavior: str = "DELTA"  # how the control plane applies ``delta``: added, or SET (levels.py)
 
     @property
     def key(self) -> Key:
@@ -73,10 +75,12 @@ COLUMNS = [
 ]
 
 
-def read_ledger(client: Client, db: str, hour: datetime) -> list[Entry]:
+def read_ledger(
+    client: Client, db: str, hour: datetime, table: str = TABLE, behavior: str = "DELTA"
+) -> list[Entry]:
     rows = client.query(
         f"SELECT environment, customer_id, resource_id, feature_id, hour, revision, delta, "
-        f"total, idempotency_key, status FROM {db}.usage_published FINAL "
+        f"total, idempotency_key, status FROM {db}.{table} FINAL "
         "WHERE hour = {start:DateTime('UTC')} "
         "ORDER BY environment, customer_id, resource_id, feature_id, revision",
         parameters=hour_bounds(hour),
@@ -93,17 +97,18 @@ def read_ledger(client: Client, db: str, hour: datetime) -> list[Entry]:
             float(r[7]),
             r[8],
             r[9],
+            behavior,
         )
         for r in rows
     ]
 
 
-def record(client: Client, db: str, entries: list[Entry], status: str) -> None:
+def record(client: Client, db: str, entries: list[Entry], status: str, table: str = TABLE) -> None:
     if not entries:
         return
     now = datetime.now(UTC)
     client.insert(
-        f"{db}.usage_published",
+        f"{db}.{table}",
         [
             [
                 e.environment,

@@ -110,7 +110,9 @@ def _bulk_input(entries: list[Entry]) -> Any:
                 featureId=e.feature_id,
                 resourceId=e.resource_id or None,
                 value=e.delta,
-                updateBehavior=UsageUpdateBehavior.DELTA,
+                updateBehavior=UsageUpdateBehavior.SET
+                if e.behavior == "SET"
+                else UsageUpdateBehavior.DELTA,
                 idempotencyKey=e.idempotency_key,
                 # The hour the usage belongs to, not the time it was published.
                 createdAt=e.hour.isoformat().replace("+00:00", "Z"),

@@ -80,7 +80,7 @@ def test_reports_are_rolled_up_reconciled_and_published_once(infra, env, ch, con
             Report("cust-3", STEPS, -1.0, at),  # an hour that gives usage back
             Report("cust-0", STEPS, 4.0, at, resource_id="team-a"),
             Report("cust-1", STEPS, 1.25, hour + timedelta(minutes=59, seconds=59)),
-            # Levels: the last SET of the hour (by createdAt) is the row; never published.
+            # Levels: the last SET of the hour (by createdAt) is the row, sent as SET.
             Report("cust-1", SEATS, 3.0, at, behavior="SET"),
             Report("cust-1", SEATS, 9.0, at + timedelta(minutes=20), behavior="SET"),
             Report("cust-1", SEATS, 6.0, at + timedelta(minutes=5), behavior="SET"),
@@ -118,9 +118,12 @@ def test_reports_are_rolled_up_reconciled_and_published_once(infra, env, ch, con
         ("cust-0", "team-a", STEPS): 4.0,
         ("cust-1", "", STEPS): 1.25,
         ("cust-3", "", STEPS): -1.0,
+        ("cust-1", "", SEATS): 9.0,
         ("cust-2", "", CALLS): 13.0,
     }
-    assert SEATS in metadata(result, "published_usage")["not_published_non_additive_features"]
+    published = metadata(result, "published_usage")
+    assert published["levels_sent"] == 1
+    assert SEATS not in published["not_published_non_additive_features"]
 
     # A late report of the hour: the re-run sends exactly the difference, once.
     insert_reports(
@@ -207,4 +210,37 @@ def test_reports_sent_with_the_official_sdk_are_billed(infra, tmp_path: Path):
 
     assert result.success
     totals = {k: v for k, v in control_plane_totals(s, env).items() if k[0] == customer}
-    assert totals == {(customer, "", STEPS): 7.5}
+    assert totals == {(customer, "", STEPS): 7.5, (customer, "", SEATS): 4.0}
+
+
+def test_set_levels_are_sent_in_hour_order_and_never_set_back(infra, env, ch, config_file):
+    hour = fresh_hour()
+    later = hour + timedelta(hours=1)
+    insert_reports(
+        ch,
+        "byoc",
+        env,
+        [
+            Report("cust-0", SEATS, 5.0, hour + timedelta(minutes=1), behavior="SET"),
+            Report("cust-0", SEATS, 8.0, later + timedelta(minutes=1), behavior="SET"),
+        ],
+    )
+
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+    # The older hour runs after the newer one (a retry, a backfill): its level would set the
+    # control plane back to 5.
+    older = run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file)
+
+    assert older.success
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 8.0}
+    meta = metadata(older, "published_usage")
+    assert (meta["levels_sent"], meta["levels_superseded_by_later_hours"]) == (0, 1)
+
+    # A late SET of the newer hour: the re-run sends the new level, once.
+    late = Report("cust-0", SEATS, 3.0, later + timedelta(minutes=30), behavior="SET")
+    insert_reports(ch, "byoc", env, [late])
+    records = len(control_plane_records(infra.settings, env))
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 3.0}
+    assert len(control_plane_records(infra.settings, env)) == records + 1
