@@ -250,6 +250,37 @@ def test_a_report_beyond_range_in_the_log_does_not_stop_the_feed(
     wait_until(lambda: usage(feed_runtime, other, "f-calls") == 1, timeout=60)
 
 
+def test_an_undecodable_report_record_does_not_stop_the_feed(
+    infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
+) -> None:
+    """Invalid UTF-8 in a usage.reports record raised UnicodeDecodeError, past the feed's skip
+    of undecodable records: the consumer restarted on it for ever (F80)."""
+    customer = new_customer(control_plane, feed_runtime)
+    now = int(time.time() * 1000)
+    good = UsageReport(
+        id=f"{customer}-r1",
+        customerId=customer,
+        featureId="f-calls",
+        value=3,
+        updateBehavior="DELTA",
+        createdAt=now,
+    )
+    producer = Producer(clients.producer_config(infra.settings))
+    for value in (
+        b'{"v":1,"environment":"\xff\xfe","receivedAt":1,"usages":[]}',
+        encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, [good])),
+    ):
+        producer.produce(
+            infra.settings.kafka.reports_topic,
+            value=value,
+            key=record_key("development", customer),
+            timestamp=now,
+        )
+    assert producer.flush(30) == 0
+    wait_until(lambda: usage(feed_runtime, customer, "f-calls") == 3, timeout=60)
+    assert feed_runtime.component.usage_feed.consumer_error is None
+
+
 def test_graphql_report_usage_refusals_are_errors_naming_the_input(
     control_plane: ControlPlaneProcess, feed_runtime: Runtime
 ) -> None:
