@@ -73,17 +73,8 @@ def publish_hour(
             f"{hour_key(hour)}: rollup revision {revision} was replaced by revision "
             f"{now_revision} ({len(rows)} of its rows left, the latest has {now_rows})"
         )
-    # A feature may have a meter row and a REPORTED_DELTA row: the control plane gets their sum.
-    targets: dict[Key, float] = defaultdict(float)
-    for r in rows:
-        if r.aggregation in PUBLISHED:
-            targets[r.key] += r.value
-    todo = plan(hour, targets, read_ledger(client, db, hour))
-    record(client, db, todo.new, "pending")  # before sending: see ledger.py
-    result = send(
-        graphql, todo.to_send, bulk_size, on_sent=lambda bulk: record(client, db, bulk, "sent")
-    )
-    # Then the hour's SET levels, in their own ledger (levels.py).
+    # First the hour's SET levels, in their own ledger (levels.py): a DELTA sent before the
+    # level would be wiped by it (SET 10 then DELTA +5 is 15, as the counters applied them).
     levels = {r.key: r.value for r in rows if r.aggregation == REPORTED_SET}
     later = superseded(client, db, hour, sorted(levels))
     level_todo = plan_levels(hour, levels, read_levels(client, db, hour), later)
@@ -94,6 +85,17 @@ def publish_hour(
         level_todo.to_send,
         bulk_size,
         on_sent=lambda bulk: record(client, db, bulk, "sent", table=LEVELS_TABLE),
+    )
+    # Then the DELTAs. A feature may have a meter row and a REPORTED_DELTA row: the control
+    # plane gets their sum.
+    targets: dict[Key, float] = defaultdict(float)
+    for r in rows:
+        if r.aggregation in PUBLISHED:
+            targets[r.key] += r.value
+    todo = plan(hour, targets, read_ledger(client, db, hour))
+    record(client, db, todo.new, "pending")  # before sending: see ledger.py
+    result = send(
+        graphql, todo.to_send, bulk_size, on_sent=lambda bulk: record(client, db, bulk, "sent")
     )
     published = read_ledger(client, db, hour)
     return HourPublished(

@@ -244,3 +244,22 @@ def test_set_levels_are_sent_in_hour_order_and_never_set_back(infra, env, ch, co
     assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
     assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 3.0}
     assert len(control_plane_records(infra.settings, env)) == records + 1
+
+
+def test_a_set_then_a_delta_of_one_hour_bill_the_level_plus_the_delta(infra, env, ch, config_file):
+    """SET 10 then DELTA +5 (the order the enforcement counters apply them): 15. The level is
+    sent before the hour's DELTAs (levels.py), or the SET would wipe the DELTA."""
+    hour = fresh_hour()
+    insert_reports(
+        ch,
+        "byoc",
+        env,
+        [
+            Report("cust-0", SEATS, 10.0, hour + timedelta(minutes=5), behavior="SET"),
+            Report("cust-0", SEATS, 5.0, hour + timedelta(minutes=30)),
+        ],
+    )
+
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 15.0}
