@@ -22,18 +22,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from assets.partitions import ch_time
 from assets.publish.ledger import Entry, Key, Plan, idempotency_key, read_ledger
 from assets.quality.reconciliation import close
+from assets.rollups.compute import first_receipts
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 TABLE = "usage_published_levels"
 KEY_PREFIX = "byoc-level"
+END_OF_TIME = datetime(2106, 1, 1, tzinfo=UTC)  # near the end of ClickHouse's DateTime
 
 
 def read_levels(client: Client, db: str, hour: datetime) -> list[Entry]:
@@ -41,21 +43,23 @@ def read_levels(client: Client, db: str, hour: datetime) -> list[Entry]:
 
 
 def superseded(client: Client, db: str, hour: datetime, keys: list[Key]) -> set[Key]:
-    """The keys among ``keys`` with a SET report in a later hour than ``hour``."""
-    if not keys:
-        return set()
-    rows = client.query(
-        f"SELECT DISTINCT environment, customer_id, resource_id, feature_id "
-        f"FROM {db}.usage_reports WHERE update_behavior = 'SET' "
-        "AND report_time >= {end:DateTime('UTC')} AND environment IN {envs:Array(String)} "
-        "AND customer_id IN {customers:Array(String)}",
-        parameters={
-            "end": ch_time(hour + timedelta(hours=1)),
-            "envs": sorted({k[0] for k in keys}),
-            "customers": sorted({k[1] for k in keys}),
-        },
-    ).result_rows
-    return {tuple(r) for r in rows} & set(keys)  # type: ignore[misc]
+    """The keys among ``keys`` with a SET report first received for a later hour than ``hour``.
+    A later receipt of an older report (a retry without createdAt just after the hour ended)
+    belongs to the older hour's level (first_receipts): it supersedes nothing."""
+    found: set[Key] = set()
+    for env in sorted({k[0] for k in keys}):
+        rows = client.query(
+            f"SELECT DISTINCT customer_id, resource, feature FROM ({first_receipts(db)}) "
+            "WHERE behavior = 'SET' AND customer_id IN {customers:Array(String)}",
+            parameters={
+                "env": env,
+                "customers": sorted({k[1] for k in keys if k[0] == env}),
+                "start": ch_time(hour + timedelta(hours=1)),
+                "end": ch_time(END_OF_TIME),
+            },
+        ).result_rows
+        found |= {(env, *r) for r in rows}
+    return found & set(keys)
 
 
 @dataclass

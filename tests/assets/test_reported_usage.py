@@ -263,3 +263,20 @@ def test_a_set_then_a_delta_of_one_hour_bill_the_level_plus_the_delta(infra, env
     assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
 
     assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 15.0}
+
+
+def test_a_set_retried_into_the_next_hour_is_still_sent(infra, env, ch, config_file):
+    """A report retried under its idempotency key just after the hour ended (no createdAt: the
+    receive time) is a later receipt of the hour's report: it supersedes nothing."""
+    hour = fresh_hour()
+    later = hour + timedelta(hours=1)
+    first = Report("cust-0", SEATS, 6.0, later - timedelta(seconds=1), behavior="SET")
+    retried = Report(
+        "cust-0", SEATS, 6.0, later + timedelta(seconds=1), first.report_id, behavior="SET"
+    )
+    insert_reports(ch, "byoc", env, [first, retried])
+
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 6.0}
