@@ -16,8 +16,13 @@ Then, each ``--repeat`` times:
 ``warehouse_cpu_s``: CPU the warehouse process spent in the rollup (contention-proof). The
 first repeat runs while ClickHouse still merges the parts of the fresh 10M-row insert.
 
+``--reports N`` adds N usage reports (reportUsage) to the hour, generated the same way: 5,000
+customers, 9 in 10 DELTA reports of one feature, 1 in 10 SET reports of another, 1% of them
+received twice; the rollup, reconciliation and asset then also roll them up.
+
     .venv/bin/python bench/rollup.py                   # 10M events, 3 repeats
     .venv/bin/python bench/rollup.py --events 1000000  # smaller
+    .venv/bin/python bench/rollup.py --reports 1000000 # with 1M usage reports
 
 Prints figures; the last line is one JSON object.
 """
@@ -61,6 +66,8 @@ def catalog(settings: Settings) -> None:
     with ControlPlaneClient.from_settings(settings) as cp:
         for f in features:
             cp.put_entity(ENV, f)
+        cp.put_entity(ENV, Feature(id="agent-steps", meterType="Incremental"))
+        cp.put_entity(ENV, Feature(id="seats", meterType="Fluctuating"))
         cp.put_entity(ENV, Customer(id="cust-0"))
 
 
@@ -92,10 +99,41 @@ def generate(client: Any, db: str, events: int) -> float:
     return time.perf_counter() - started
 
 
+def generate_reports(client: Any, db: str, reports: int) -> float:
+    start = HOUR.strftime("%Y-%m-%d %H:%M:%S")
+    started = time.perf_counter()
+    client.command(
+        f"""
+        INSERT INTO {db}.usage_reports
+        SELECT '{ENV}', concat('cust-', toString(number % 5000)),
+               ['', 'team-a', 'team-b'][number % 3 + 1],
+               if(number % 10 = 0, 'seats', 'agent-steps'),
+               concat('rep-', toString(number)),
+               toFloat64(number % 97),
+               if(number % 10 = 0, 'SET', 'DELTA'),
+               '',
+               toDateTime64('{start}', 3, 'UTC')
+                   + toIntervalMillisecond(intDiv(number * 3600000, {reports})),
+               toDateTime64('{start}', 3, 'UTC')
+                   + toIntervalMillisecond(intDiv(number * 3600000, {reports})),
+               '{{}}'
+        FROM numbers({reports})
+        """
+    )
+    # 1% received twice (a retried call): a later receipt, counted by nobody.
+    client.command(
+        f"INSERT INTO {db}.usage_reports SELECT * REPLACE (received_at + 1 AS received_at, "
+        f"value + 1000 AS value) FROM {db}.usage_reports "
+        f"WHERE environment = '{ENV}' AND cityHash64(report_id) % 100 = 0"
+    )
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reports", type=int, default=0)
     parser.add_argument("--stack-settings", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -119,7 +157,10 @@ def main() -> None:
         ensure_tables(client, db)
         catalog(settings)
         client.command(f"DELETE FROM {db}.usage_events WHERE environment = '{ENV}'")
+        client.command(f"DELETE FROM {db}.usage_reports WHERE environment = '{ENV}'")
         gen_s = generate(client, db, args.events)
+        if args.reports:
+            gen_s += generate_reports(client, db, args.reports)
         raw = client.command(
             f"SELECT count() FROM {db}.usage_events FINAL WHERE environment = '{ENV}' "
             "AND event_time >= {s:DateTime('UTC')} AND event_time < {e:DateTime('UTC')}",
@@ -162,6 +203,7 @@ def main() -> None:
             )
         figures = {
             "events": raw,
+            "reports": args.reports,
             "rows_stored_with_replays": stored,
             "generate_s": round(gen_s, 2),
             "rollup_s_runs": [round(t, 3) for t in rollup_s],
