@@ -27,6 +27,27 @@ class _Commander(Protocol):
     def command(self, cmd: str) -> object: ...
 
 
+def _ledger(db: str, table: str) -> str:
+    """A publish ledger (assets/publish/ledger.py): the DELTAs, or the SET levels (levels.py)."""
+    return f"""
+        CREATE TABLE IF NOT EXISTS {db}.{table} (
+            environment LowCardinality(String),
+            hour DateTime('UTC'),
+            customer_id String,
+            resource_id String,
+            feature_id String,
+            revision UInt32,
+            delta Float64,
+            total Float64,
+            idempotency_key String,
+            status LowCardinality(String),
+            recorded_at DateTime64(6, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree(recorded_at)
+        ORDER BY (environment, hour, customer_id, resource_id, feature_id, revision)
+        """
+
+
 def statements(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
@@ -61,40 +82,8 @@ def statements(db: str) -> list[str]:
         ENGINE = MergeTree
         ORDER BY (hour, revision)
         """,
-        f"""
-        CREATE TABLE IF NOT EXISTS {db}.usage_published (
-            environment LowCardinality(String),
-            hour DateTime('UTC'),
-            customer_id String,
-            resource_id String,
-            feature_id String,
-            revision UInt32,
-            delta Float64,
-            total Float64,
-            idempotency_key String,
-            status LowCardinality(String),
-            recorded_at DateTime64(6, 'UTC')
-        )
-        ENGINE = ReplacingMergeTree(recorded_at)
-        ORDER BY (environment, hour, customer_id, resource_id, feature_id, revision)
-        """,
-        f"""
-        CREATE TABLE IF NOT EXISTS {db}.usage_published_levels (
-            environment LowCardinality(String),
-            hour DateTime('UTC'),
-            customer_id String,
-            resource_id String,
-            feature_id String,
-            revision UInt32,
-            delta Float64,
-            total Float64,
-            idempotency_key String,
-            status LowCardinality(String),
-            recorded_at DateTime64(6, 'UTC')
-        )
-        ENGINE = ReplacingMergeTree(recorded_at)
-        ORDER BY (environment, hour, customer_id, resource_id, feature_id, revision)
-        """,
+        _ledger(db, "usage_published"),
+        _ledger(db, "usage_published_levels"),
         f"""
         CREATE TABLE IF NOT EXISTS {db}.archive_manifests (
             environment LowCardinality(String),

@@ -7,7 +7,8 @@ tests exercise exactly the processes users run.
 from __future__ import annotations
 
 import socket
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,25 @@ def start_stack(settings: Settings, names: list[str], restart: bool = False) -> 
     supervisor = Supervisor(settings, names, restart=restart)
     supervisor.start()
     return Stack(settings=settings, supervisor=supervisor, started=names)
+
+
+@contextmanager
+def stand_in_ingest(settings: Settings, db: str) -> Iterator[Any]:
+    """A database ``db`` with the single-node tables and the cluster's Kafka ingestion views on
+    ``Null`` stand-in queues (rows inserted into a queue go through the deployed views), dropped
+    afterwards; yields a ClickHouse client."""
+    from byoc_platform import clients
+    from byoc_platform.warehouse_cluster import KafkaIngest, ingest_statements
+    from byoc_platform.warehouse_schema import apply_migrations
+
+    client = clients.clickhouse(settings)
+    client.command(f"DROP DATABASE IF EXISTS {db}")
+    apply_migrations(client, db)  # the single-node tables: same columns as the replicated ones
+    never_contacted = KafkaIngest(bootstrap="127.0.0.1:9")  # the queues are Null tables
+    for statement in ingest_statements(db, None, never_contacted, queue_engine="Null"):
+        client.command(statement)
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+        client.close()

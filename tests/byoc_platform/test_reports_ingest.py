@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from byoc_platform import clients
 from byoc_platform.events import (
     MAX_FRACTIONAL_USAGE,
     UsageReport,
@@ -37,19 +36,17 @@ from byoc_platform.warehouse_cluster import (
     REPORT_RECORD,
     REPORTS_FORMAT,
     REPORTS_TABLE,
-    KafkaIngest,
     errors_view_name,
-    ingest_statements,
     late_hours_view_name,
     queue_table,
     view_name,
 )
-from byoc_platform.warehouse_schema import USAGE_REPORTS_COLUMNS, apply_migrations
+from byoc_platform.warehouse_schema import USAGE_REPORTS_COLUMNS
+from tests.stack_fixtures import stand_in_ingest
 
 pytestmark = [pytest.mark.integration]
 
 DB = "reports_ingest_e2e"
-INGEST = KafkaIngest(bootstrap="127.0.0.1:9")  # never contacted: the queue is a Null table
 QUEUE = f"{DB}.{queue_table(REPORTS_TABLE)}"
 HOUR_MS = 3_600_000
 
@@ -197,14 +194,8 @@ def _report_rows(client: Any, final: bool) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def warehouse(infra) -> Any:
-    client = clients.clickhouse(infra.settings)
-    client.command(f"DROP DATABASE IF EXISTS {DB}")
-    apply_migrations(client, DB)  # the single-node tables: same columns as the replicated ones
-    for statement in ingest_statements(DB, None, INGEST, queue_engine="Null"):
-        client.command(statement)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {DB}")
-    client.close()
+    with stand_in_ingest(infra.settings, DB) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,19 @@ def test_sidecar_report_usage_reaches_every_runtime_instance(
         assert usage(other, customer, "f-calls") == 520
 
 
+def produce_report_records(settings: Settings, customer: str, values: list[bytes]) -> None:
+    """Raw usage.reports records of ``customer`` in environment "development", in order."""
+    producer = Producer(clients.producer_config(settings))
+    for value in values:
+        producer.produce(
+            settings.kafka.reports_topic,
+            value=value,
+            key=record_key("development", customer),
+            timestamp=int(time.time() * 1000),
+        )
+    assert producer.flush(30) == 0
+
+
 def test_a_report_beyond_range_in_the_log_does_not_stop_the_feed(
     infra: Stack, control_plane: ControlPlaneProcess, feed_runtime: Runtime
 ) -> None:
@@ -232,16 +245,14 @@ def test_a_report_beyond_range_in_the_log_does_not_stop_the_feed(
         )
 
     reports = [report("r1", 1.7e308), report("r2", 1.7e308), report("r3", 0, "SET")]
-    producer = Producer(clients.producer_config(infra.settings))
-    for batch in (reports, [report("r4", 3)]):
-        value = encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, batch))
-        producer.produce(
-            infra.settings.kafka.reports_topic,
-            value=value,
-            key=record_key("development", customer),
-            timestamp=now,
-        )
-    assert producer.flush(30) == 0
+    produce_report_records(
+        infra.settings,
+        customer,
+        [
+            encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, batch))
+            for batch in (reports, [report("r4", 3)])
+        ],
+    )
     wait_until(lambda: usage(feed_runtime, customer, "f-calls") == 3, timeout=60)
     assert feed_runtime.component.usage_feed.consumer_error is None
     # Raw events of another customer are still counted after it.
@@ -265,18 +276,14 @@ def test_an_undecodable_report_record_does_not_stop_the_feed(
         updateBehavior="DELTA",
         createdAt=now,
     )
-    producer = Producer(clients.producer_config(infra.settings))
-    for value in (
-        b'{"v":1,"environment":"\xff\xfe","receivedAt":1,"usages":[]}',
-        encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, [good])),
-    ):
-        producer.produce(
-            infra.settings.kafka.reports_topic,
-            value=value,
-            key=record_key("development", customer),
-            timestamp=now,
-        )
-    assert producer.flush(30) == 0
+    produce_report_records(
+        infra.settings,
+        customer,
+        [
+            b'{"v":1,"environment":"\xff\xfe","receivedAt":1,"usages":[]}',
+            encode_report_batch(UsageReportBatch(SCHEMA_VERSION, "development", now, [good])),
+        ],
+    )
     wait_until(lambda: usage(feed_runtime, customer, "f-calls") == 3, timeout=60)
     assert feed_runtime.component.usage_feed.consumer_error is None
 

@@ -31,7 +31,6 @@ from flink_parity import (
 )
 from stream_fixtures import final_late_hours
 
-from byoc_platform import clients
 from byoc_platform.warehouse_cluster import (
     ERRORS_TABLE,
     QUEUE_FORMAT_SETTINGS,
@@ -40,7 +39,7 @@ from byoc_platform.warehouse_cluster import (
     queue_table,
     view_name,
 )
-from byoc_platform.warehouse_schema import apply_migrations
+from tests.stack_fixtures import stand_in_ingest
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -77,14 +76,8 @@ def _as_engine_rows(client: Any, table: str, final: bool) -> list[dict[str, Any]
 
 @pytest.fixture(scope="module")
 def warehouse(infra) -> Any:
-    client = clients.clickhouse(infra.settings)
-    client.command(f"DROP DATABASE IF EXISTS {DB}")
-    apply_migrations(client, DB)  # the single-node tables: same columns as the replicated ones
-    for statement in ingest_statements(DB, None, INGEST, queue_engine="Null"):
-        client.command(statement)
-    yield client
-    client.command(f"DROP DATABASE IF EXISTS {DB}")
-    client.close()
+    with stand_in_ingest(infra.settings, DB) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

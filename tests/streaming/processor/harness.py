@@ -29,6 +29,15 @@ from tests.stack_fixtures import free_port
 REPO = Path(__file__).resolve().parents[3]
 
 
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, error statuses included (health endpoints)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def isolated_settings(
     base: Settings, data_dir: Path, partitions: int = 4, **stream: Any
 ) -> Settings:

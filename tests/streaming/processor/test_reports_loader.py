@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from byoc_platform.stack.supervisor import Supervisor
 from streaming.processor.metrics import ProcessorMetrics
 from streaming.processor.reports import ReportsLoader, reports_group
 from tests.stack_fixtures import Stack, free_port
-from tests.streaming.processor.harness import isolated_settings
+from tests.streaming.processor.harness import http_get, isolated_settings
 
 pytestmark = pytest.mark.integration
 
@@ -276,14 +275,6 @@ def test_a_back_dated_report_marks_its_hour_for_a_rollup(infra: Stack, settings:
     assert [r[7] for r in stored(ch, settings, environment)] == [back_dated, received]
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_the_stream_processor_loads_reports_and_stops_cleanly(
     infra: Stack, settings: Settings
 ) -> None:
@@ -300,13 +291,13 @@ def test_the_stream_processor_loads_reports_and_stops_cleanly(
         ch = infra.clickhouse()
         wait_for(lambda: len(stored(ch, settings, environment)) == 1, "loaded")
         wait_for(
-            lambda: json.loads(_get(f"{base}/healthz")[1])["reports"]["loaded"] == 1, "counted"
+            lambda: json.loads(http_get(f"{base}/healthz")[1])["reports"]["loaded"] == 1, "counted"
         )
-        status, body = _get(f"{base}/healthz")
+        status, body = http_get(f"{base}/healthz")
         assert status == 200, body
         health = json.loads(body)["reports"]
         assert (health["alive"], health["loaded"], health["skipped"]) == (True, 1, 1)
-        _, metrics = _get(f"{base}/metrics")
+        _, metrics = http_get(f"{base}/metrics")
         assert "byoc_stream_reports_loaded_total 1.0" in metrics
         assert "byoc_stream_reports_bad_records_total 1.0" in metrics
         assert 'byoc_stream_rows_written_total{table="usage_reports"} 1.0' in metrics

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,17 +19,9 @@ from byoc_platform import clients
 from byoc_platform.events import SCHEMA_VERSION, EventBatch, UsageEvent, encode_batch, record_key
 from byoc_platform.stack.supervisor import Supervisor
 from tests.stack_fixtures import Stack, free_port
-from tests.streaming.processor.harness import isolated_settings, wait_checkpointed
+from tests.streaming.processor.harness import http_get, isolated_settings, wait_checkpointed
 
 pytestmark = pytest.mark.integration
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
@@ -44,12 +35,12 @@ def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
     try:
         process = supervisor.running["stream"].process
         deadline = time.monotonic() + 60
-        while _get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
+        while http_get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        status, body = _get(f"{base}/readyz")
+        status, body = http_get(f"{base}/readyz")
         assert status == 200, body
         assert json.loads(body)["partitions"] == [0, 1, 2, 3]
-        assert _get(f"{base}/healthz")[0] == 200
+        assert http_get(f"{base}/healthz")[0] == 200
 
         producer = Producer(clients.producer_config(s))
         key = record_key(environment, "cust")
@@ -81,7 +72,7 @@ def test_supervised_processor_is_ready_skips_a_bad_record_and_stops_cleanly(
         assert producer.flush(30) == 0
         wait_checkpointed(s, offsets)
 
-        _, metrics = _get(f"{base}/metrics")
+        _, metrics = http_get(f"{base}/metrics")
         assert "byoc_stream_bad_records_total 1.0" in metrics
         assert "byoc_stream_events_durable_total 1.0" in metrics
         assert "byoc_stream_duplicates_total 1.0" in metrics
