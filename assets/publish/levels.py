@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 TABLE = "usage_published_levels"
 KEY_PREFIX = "byoc-level"
-END_OF_TIME = datetime(2106, 1, 1, tzinfo=UTC)  # near the end of ClickHouse's DateTime
+# Far enough, and far enough from the end of ClickHouse's DateTime (2106) for the reads'
+# 7-day margin (compute.RECEIPTS_WINDOW).
+END_OF_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def read_levels(client: Client, db: str, hour: datetime) -> list[Entry]:

@@ -4,10 +4,10 @@ over the hour's usage reports).
 The expected values are recomputed along a DIFFERENT path than the rollup's SQL: one generic
 scan of ``usage_events FINAL`` grouped by (environment, customer, resource, event name) with
 ``count()``, ``sumMap``/``maxMap`` of the numeric values and ``uniqExactMap`` of the labels,
-mapped to features in Python through the meters the rollup recorded; and every receipt of the
-hour's reports, read as rows and folded in Python (first receipt per report id, DELTA sum, last
-SET). A stale rollup (late events or reports arrived since), a partial write or a bug in either
-path shows up as a mismatch.
+mapped to features in Python through the meters the rollup recorded; and the hour's reports
+found by numbering each report id's receipts (``row_number()``, where the rollup takes
+``argMin``), first receipts only, DELTA sum and last SET. A stale rollup (late events or
+reports arrived since), a partial write or a bug in either path shows up as a mismatch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from assets.rollups.compute import (
     hour_bounds,
     latest_revision,
     read_rollup,
+    receipts_near,
 )
 
 if TYPE_CHECKING:
@@ -96,38 +97,30 @@ def expected_from_raw(
 def expected_from_reports(
     client: Client, db: str, hour: datetime, envs: list[str]
 ) -> dict[Key, float]:
-    """Per (key, REPORTED_DELTA / REPORTED_SET): the hour's reports, each at its first receipt."""
-    if not envs:
-        return {}
-    rows = client.query(
-        f"SELECT environment, customer_id, report_id, resource_id, feature_id, value, "
-        f"update_behavior, toUnixTimestamp64Milli(report_time), "
-        f"toUnixTimestamp64Milli(received_at) FROM {db}.usage_reports "
-        "WHERE environment IN {envs:Array(String)} AND (environment, customer_id, report_id) IN ("
-        f"  SELECT environment, customer_id, report_id FROM {db}.usage_reports "
-        "  WHERE report_time >= {start:DateTime('UTC')} AND report_time < {end:DateTime('UTC')})",
-        parameters={**hour_bounds(hour), "envs": envs},
-    ).result_rows
-    first: dict[tuple[str, str, str], tuple] = {}
-    for row in rows:
-        ident = (row[0], row[1], row[2])
-        if ident not in first or row[8] < first[ident][8]:
-            first[ident] = row
-    start = int(hour.timestamp() * 1000)
-    end = start + 3_600_000
+    """Per (key, REPORTED_DELTA / REPORTED_SET): the hour's reports, each at its first receipt,
+    found by numbering each id's receipts (a window function, not the rollup's argMin)."""
     expected: dict[Key, float] = {}
-    last_set: dict[Key, tuple[int, int]] = {}
-    for env, cust, _, res, feature, value, behavior, at, received in first.values():
-        if not start <= at < end:
-            continue  # first received for another hour
-        if behavior == "SET":
-            key = (env, cust, res, feature, REPORTED_SET)
-            if key not in last_set or (at, received) > last_set[key]:
-                last_set[key] = (at, received)
-                expected[key] = float(value)
-        else:
-            key = (env, cust, res, feature, REPORTED_DELTA)
-            expected[key] = expected.get(key, 0.0) + float(value)
+    for env in envs:
+        rows = client.query(
+            f"""
+            SELECT customer_id, resource_id, feature_id, update_behavior,
+                   sum(value), argMax(value, (report_time, received_at))
+            FROM (
+                SELECT *, row_number() OVER (
+                    PARTITION BY customer_id, report_id ORDER BY received_at) AS receipt
+                FROM {db}.usage_reports WHERE {receipts_near(db)}
+            )
+            WHERE receipt = 1 AND report_time >= {{start:DateTime('UTC')}}
+              AND report_time < {{end:DateTime('UTC')}}
+            GROUP BY customer_id, resource_id, feature_id, update_behavior
+            """,
+            parameters={**hour_bounds(hour), "env": env},
+        ).result_rows
+        for cust, res, feature, behavior, total, last in rows:
+            if behavior == "SET":
+                expected[(env, cust, res, feature, REPORTED_SET)] = float(last)
+            else:
+                expected[(env, cust, res, feature, REPORTED_DELTA)] = float(total)
     return expected
 
 

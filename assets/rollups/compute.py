@@ -90,11 +90,32 @@ def environments_in(client: Client, db: str, start: datetime, end: datetime) -> 
     return sorted(r[0] for r in rows)
 
 
+# Receipts of one report id further apart than Stigg's idempotency window (7 days) are not
+# looked at together: it bounds the reads to the hour's neighbourhood (usage_reports is
+# partitioned by day of report_time).
+RECEIPTS_WINDOW = "INTERVAL 7 DAY"
+
+
+def receipts_near(db: str) -> str:
+    """SQL condition: the receipts of environment ``env``, near [start, end), of the report
+    ids with a receipt in [start, end) (their 64-bit hash: a collision only reads one more
+    report, which its own first receipt then places in its own hour)."""
+    return f"""
+        environment = {{env:String}}
+        AND report_time >= {{start:DateTime('UTC')}} - {RECEIPTS_WINDOW}
+        AND report_time < {{end:DateTime('UTC')}} + {RECEIPTS_WINDOW}
+        AND cityHash64(customer_id, report_id) IN (
+            SELECT cityHash64(customer_id, report_id) FROM {db}.usage_reports
+            WHERE environment = {{env:String}} AND report_time >= {{start:DateTime('UTC')}}
+              AND report_time < {{end:DateTime('UTC')}})
+    """
+
+
 def first_receipts(db: str) -> str:
     """SQL of each report of the hour as first received: one row per (customer, report id)
     whose first receipt's createdAt is in [start, end) of environment ``env``. A report logged
     again under its id (a retried call, a reused idempotency key) is a later receipt, counted
-    by nobody, even if its createdAt moved to another hour."""
+    by nobody, even if its createdAt moved to another hour (within 7 days)."""
     return f"""
         SELECT customer_id, report_id,
                argMin(resource_id, received_at) AS resource,
@@ -104,11 +125,7 @@ def first_receipts(db: str) -> str:
                argMin(report_time, received_at) AS at,
                min(received_at) AS first_received
         FROM {db}.usage_reports
-        WHERE environment = {{env:String}}
-          AND (customer_id, report_id) IN (
-              SELECT customer_id, report_id FROM {db}.usage_reports
-              WHERE environment = {{env:String}} AND report_time >= {{start:DateTime('UTC')}}
-                AND report_time < {{end:DateTime('UTC')}})
+        WHERE {receipts_near(db)}
         GROUP BY customer_id, report_id
         HAVING at >= {{start:DateTime('UTC')}} AND at < {{end:DateTime('UTC')}}
     """
