@@ -20,7 +20,7 @@ from dagster import (
 from assets.archive.defs import cold_archive
 from assets.archive.hours import hot_fingerprints, recorded_manifests
 from assets.meters import fetch_feature_ids
-from assets.partitions import DAILY, HOURLY, day_start, hour_start, quietly
+from assets.partitions import DAILY, HOURLY, ch_time, day_start, hour_start, quietly
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
 from assets.rollups.compute import latest_revision, read_rollup
@@ -65,11 +65,26 @@ def rollup_reconciles_with_raw_events(
     )
 
 
+def published_features(client: Any, warehouse: WarehouseResource, hour: datetime) -> list[tuple]:
+    """(environment, feature) pairs with usage of ``hour`` acknowledged by the control plane."""
+    db = warehouse.database
+    return client.query(
+        " UNION DISTINCT ".join(
+            f"SELECT environment, feature_id FROM (SELECT environment, feature_id, status "
+            f"FROM {db}.{table} FINAL WHERE hour = {{hour:DateTime('UTC')}}) "
+            "WHERE status = 'sent'"
+            for table in ("usage_published", "usage_published_levels")
+        ),
+        parameters={"hour": ch_time(hour)},
+    ).result_rows
+
+
 @partitioned_check(
     asset=hourly_usage_rollup,
     partitions_def=HOURLY,
     description="Great Expectations suite: non-null, non-empty keys, non-negative values, at "
-    "least one event per row, feature ids the catalog holds or the revision's meters kept.",
+    "least one event per row, feature ids the catalog holds, the revision's meters kept or "
+    "the control plane accepted usage of for the hour.",
 )
 def rollup_expectations(
     context: AssetCheckExecutionContext,
@@ -94,6 +109,9 @@ def rollup_expectations(
             rows += found
             hours += [hour] * len(found)
             recorded |= {f"{env}/{m.feature_id}" for env, ms in latest.meters.items() for m in ms}
+            # And the features whose usage of the hour the control plane already accepted (a
+            # reported feature deleted since: reports record no meter).
+            recorded |= {f"{env}/{f}" for env, f in published_features(client, warehouse, hour)}
     frame = pd.DataFrame(
         [r.__dict__ for r in rows],
         columns=[

@@ -28,6 +28,7 @@ from tests.assets.usage_data import (
 pytestmark = pytest.mark.integration
 
 ROLLUP = AssetSelection.assets("hourly_usage_rollup")  # with its checks
+ROLLUP_AND_PUBLISH = AssetSelection.assets("hourly_usage_rollup", "published_usage")
 
 
 @pytest.fixture
@@ -153,3 +154,24 @@ def test_rollup_expectations_allow_negative_reported_deltas_only(env, ch, own_da
     failed = [r for r in expectations.metadata["results"].value if not r["success"]]
     assert [(r["column"], r["unexpected_count"]) for r in failed] == [("value", 1)]
     assert failed[0]["partial_unexpected_list"] == [-5.0]
+
+
+def test_rollup_expectations_accept_the_billed_reports_of_a_deleted_feature(
+    infra, env, ch, own_database
+):
+    """Reports record no meter, so the kept meters (F63) do not allow a reported feature
+    deleted since: the control plane's acknowledgement of its usage does."""
+    db, config = own_database
+    hour = fresh_hour()
+    insert_reports(ch, db, env, [Report("cust-0", "feature-agent-steps", 3.0, hour)])
+    first = run(ROLLUP_AND_PUBLISH, hour_key(hour), config)
+    assert first.success and checks(first)["rollup_expectations"].passed
+    with ControlPlaneClient.from_settings(infra.settings) as cp:
+        assert cp.delete_entity(env, "feature", "feature-agent-steps") is not None
+
+    again = run(ROLLUP, hour_key(hour), config)
+
+    assert again.success
+    assert "feature-agent-steps" in {r.feature_id for r in read_rollup(ch, db, hour)}
+    expectations = checks(again)["rollup_expectations"]
+    assert expectations.passed, expectations.metadata["results"].value
