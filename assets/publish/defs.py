@@ -20,7 +20,7 @@ from assets.meters import ADDITIVE
 from assets.partitions import HOURLY, HOURS_PER_RUN, hour_key, hour_start, quietly
 from assets.publish.ledger import Entry, Key, plan, read_ledger, record
 from assets.publish.levels import TABLE as LEVELS_TABLE
-from assets.publish.levels import plan_levels, read_levels, superseded
+from assets.publish.levels import later_deltas, plan_levels, read_levels, superseded
 from assets.publish.sender import send
 from assets.quality.reconciliation import reconcile
 from assets.resources import ControlPlaneResource, WarehouseResource
@@ -77,6 +77,8 @@ def publish_hour(
     # level would be wiped by it (SET 10 then DELTA +5 is 15, as the counters applied them).
     levels = {r.key: r.value for r in rows if r.aggregation == REPORTED_SET}
     later = superseded(client, db, hour, sorted(levels))
+    for key, published in later_deltas(client, db, hour, sorted(levels)).items():
+        levels[key] += published  # set after them, the level must not wipe them
     level_todo = plan_levels(hour, levels, read_levels(client, db, hour), later)
     record(client, db, level_todo.replaced, "replaced", table=LEVELS_TABLE)
     record(client, db, level_todo.new, "pending", table=LEVELS_TABLE)

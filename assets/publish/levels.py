@@ -15,7 +15,9 @@ A SET is absolute, so an older level must never arrive after a newer one: the le
 is sent only while no LATER hour holds a SET report of the key (a retried or re-rolled older
 hour would otherwise set the control plane back). Such levels are skipped and counted as
 superseded. DELTA reports of a key that also gets SETs are published hourly as DELTAs, after
-the hour's level: the order of the two inside one hour is not kept.
+the hour's level: the order of the two inside one hour is not kept. A level sent after later
+hours' DELTAs of its key were acknowledged (a retry, a backfill) includes them, or it would
+wipe them: the value set is the level plus the DELTAs published for the later hours.
 """
 
 from __future__ import annotations
@@ -62,6 +64,27 @@ def superseded(client: Client, db: str, hour: datetime, keys: list[Key]) -> set[
         ).result_rows
         found |= {(env, *r) for r in rows}
     return found & set(keys)
+
+
+def later_deltas(client: Client, db: str, hour: datetime, keys: list[Key]) -> dict[Key, float]:
+    """Per key among ``keys``: the DELTAs the control plane acknowledged for hours after
+    ``hour`` (the DELTA ledger, usage_published)."""
+    if not keys:
+        return {}
+    rows = client.query(
+        f"SELECT environment, customer_id, resource_id, feature_id, sum(delta) FROM ("
+        f"  SELECT environment, customer_id, resource_id, feature_id, delta, status "
+        f"  FROM {db}.usage_published FINAL WHERE hour > {{hour:DateTime('UTC')}} "
+        "   AND environment IN {envs:Array(String)} AND customer_id IN {customers:Array(String)}"
+        ") WHERE status = 'sent' GROUP BY environment, customer_id, resource_id, feature_id",
+        parameters={
+            "hour": ch_time(hour),
+            "envs": sorted({k[0] for k in keys}),
+            "customers": sorted({k[1] for k in keys}),
+        },
+    ).result_rows
+    wanted = set(keys)
+    return {key: float(r[4]) for r in rows if (key := (r[0], r[1], r[2], r[3])) in wanted}
 
 
 @dataclass

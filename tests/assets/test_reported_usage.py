@@ -280,3 +280,28 @@ def test_a_set_retried_into_the_next_hour_is_still_sent(infra, env, ch, config_f
     assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
 
     assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 6.0}
+
+
+def test_an_older_hour_s_level_sent_late_keeps_the_later_hour_s_deltas(infra, env, ch, config_file):
+    """SET 10 in an hour, DELTA +5 in the next (the counters: 15); the older hour published
+    after the newer one (a retry after a failure, a backfill): its level wiped the +5."""
+    hour = fresh_hour()
+    later = hour + timedelta(hours=1)
+    insert_reports(
+        ch,
+        "byoc",
+        env,
+        [
+            Report("cust-0", SEATS, 10.0, hour + timedelta(minutes=5), behavior="SET"),
+            Report("cust-0", SEATS, 5.0, later + timedelta(minutes=5)),
+        ],
+    )
+
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 15.0}
+    # Published again in order, nothing changes.
+    assert run(ROLLUP_AND_PUBLISH, hour_key(hour), config_file).success
+    assert run(ROLLUP_AND_PUBLISH, hour_key(later), config_file).success
+    assert control_plane_totals(infra.settings, env) == {("cust-0", "", SEATS): 15.0}
