@@ -8,8 +8,8 @@ unpivoted with ARRAY JOIN, and the rows go straight into ``usage_hourly`` under 
 
 ``usage_reports`` (REST/GraphQL reportUsage, gRPC ReportUsage) rolls up into rows of their own,
 with no event name: ``REPORTED_DELTA`` sums the hour's DELTA reports (published like a SUM
-meter), ``REPORTED_SET`` keeps the hour's last SET value (a level: rolled up and reconciled,
-not published, like MAX). Each report counts once, by its id, at its first receipt (the one
+meter), ``REPORTED_SET`` keeps the hour's last SET value (a level, sent as SET: see
+assets/publish/levels.py). Each report counts once, by its id, at its first receipt (the one
 the enforcement counters counted), in the hour of its createdAt.
 """
 
